@@ -1,0 +1,1 @@
+"""The VirNucPro MLP classifier, its safe loading, and prediction tables."""

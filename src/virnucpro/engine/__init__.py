@@ -1,0 +1,1 @@
+"""The embedding runtime: streaming, packing into token budgets, overlapped GPU execution, checkpoints."""

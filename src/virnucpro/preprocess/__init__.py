@@ -1,0 +1,1 @@
+"""Turning input sequences into model inputs: chunking, six-frame translation, the frame table."""

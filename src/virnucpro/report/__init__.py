@@ -1,0 +1,1 @@
+"""Human-readable run reports (HTML with plots)."""
