@@ -46,3 +46,22 @@ def split(
         for handle in handles:
             handle.close()
     typer.echo(f"wrote {shards} shards to {outdir}")
+
+
+@app.command("gather-counts")
+def gather_counts(
+    summaries: Annotated[list[Path], typer.Argument(help="JSON summaries written by validate-input --summary.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="TSV: shard, records, bases; one row per summary.")],
+) -> None:
+    """Combine per-shard record counts into one table (sorted by shard name), with a total row."""
+    import polars as pl
+
+    rows = []
+    for path in sorted(summaries, key=lambda p: p.name):
+        data = json.loads(path.read_text())
+        rows.append({"shard": Path(data["file"]).name, "records": int(data["records"]), "bases": int(data["bases"])})
+    table = pl.DataFrame(rows, schema={"shard": pl.Utf8, "records": pl.Int64, "bases": pl.Int64})
+    total = pl.DataFrame({"shard": ["total"], "records": [table["records"].sum()], "bases": [table["bases"].sum()]},
+                         schema=table.schema)
+    pl.concat([table, total]).write_csv(output, separator="\t")
+    typer.echo(f"{output}: {len(rows)} shards")
