@@ -16,6 +16,7 @@ from virnucpro.cli import fasta_cmd  # noqa: F401,E402
 from virnucpro.cli import embed_cmd  # noqa: F401,E402
 from virnucpro.cli import prepare_cmd  # noqa: F401,E402
 from virnucpro.cli import predict_cmd  # noqa: F401,E402
+from virnucpro.cli import engine_cmd  # noqa: F401,E402
 
 
 def main() -> None:

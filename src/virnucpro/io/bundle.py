@@ -74,6 +74,11 @@ class BundleWriter:
         for name, block in blocks.items():
             self._arrays[name][start : start + len(block)] = block
 
+    def write_at(self, rows: np.ndarray, blocks: dict[str, np.ndarray]) -> None:
+        """Write row k of each block to row rows[k]: for producers whose rows arrive scattered (checkpoint parts)."""
+        for name, block in blocks.items():
+            self._arrays[name][rows] = block
+
     def finalize(self, ids: list[str]) -> Path:
         if len(ids) != self.count:
             raise ValueError(f"bundle {self.directory}: {len(ids)} ids for {self.count} rows")
