@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from virnucpro.errors import ModelError
-from virnucpro.models.attention import alibi_slopes, varlen_attention
+from virnucpro.models.attention import alibi_slopes, resolve_backend, varlen_attention
 
 KIND = "dnabert"
 # ALiBi: no positional limit. The engine packs anything up to its token budget and runs longer sequences alone.
@@ -162,12 +162,12 @@ class DNABERT(nn.Module):
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config, backend) for _ in range(config.num_hidden_layers))
         # Kept out of the module's buffers on purpose: `.to(float16)` would round the slopes of non-power-of-two
-        # head counts (12 heads: 2**-0.5 ...); `to_runtime` places them on the device in fp32.
+        # head counts (12 heads: 2**-0.5 ...); `to_runtime` places them on the device, always in fp32.
         self.slopes = alibi_slopes(config.num_attention_heads)
 
     def to_runtime(self, device: torch.device, dtype: torch.dtype) -> "DNABERT":
         self.to(device=device, dtype=dtype)
-        self.slopes = self.slopes.to(device=device, dtype=torch.float32)
+        self.slopes = alibi_slopes(self.config.num_attention_heads).to(device=device, dtype=torch.float32)
         return self
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
@@ -326,7 +326,7 @@ class DNABERTEncoder:
 
     kind = KIND
 
-    def __init__(self, model: DNABERT, fingerprint: str, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: DNABERT, fingerprint: str, device: torch.device, dtype: torch.dtype, backend: str):
         config = model.config
         self.model = model
         self.config = config
@@ -337,6 +337,7 @@ class DNABERTEncoder:
         self.fingerprint = fingerprint
         self.device = device
         self.dtype = dtype
+        self.backend = backend  # the concrete attention backend ("auto" resolved at load)
 
     @torch.inference_mode()
     def embed_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
@@ -368,16 +369,20 @@ def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cp
     model_dir = Path(model_dir)
     config = DNABERTConfig.from_json(model_dir / "config.json")
     path = weights_file(model_dir)
+    device = torch.device(device)
+    try:
+        # Resolved once here: a backend that cannot run ALiBi on this device/dtype fails at load, not mid-run.
+        backend = resolve_backend(backend, device=device, dtype=dtype, alibi=True)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
     with torch.device("meta"):
         # Shapes only: the real tensors come from the checkpoint (assign=True below).
         model = DNABERT(config, backend=backend)
     state = convert_state_dict(read_state_dict(path), config, path, model)
     digest = fingerprint(config, state)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    model.slopes = alibi_slopes(config.num_attention_heads)
-    device = torch.device(device)
     model.to_runtime(device, dtype).eval().requires_grad_(False)
-    return DNABERTEncoder(model, digest, device, dtype)
+    return DNABERTEncoder(model, digest, device, dtype, backend)
 
 
 # ----------------------------------------------------------------------------------------------------- tiny model
