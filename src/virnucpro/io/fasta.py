@@ -72,51 +72,55 @@ def read_fasta(path: str | Path, *, allow_empty_file: bool = False) -> Iterator[
     parts: list[str] = []
     index = 0
     line_no = 0
-    last_id: str | None = None
     try:
         with open_text(path) as handle:
-            for line_no, raw in enumerate(handle, start=1):
-                line = raw.rstrip("\n")
-                if line.startswith(">"):
+            # Sequence lines are collected raw and cleaned once per record: per-line work dominates read time.
+            for line_no, line in enumerate(handle, start=1):
+                if line[:1] == ">":
                     if header is not None:
                         yield _make_record(path, header, parts, index, header_line)
                         index += 1
                     header, header_line, parts = line[1:], line_no, []
-                    last_id = header.split(maxsplit=1)[0] if header.strip() else None
-                    if last_id is None:
+                    if not header.strip():
                         raise FastaFormatError(path, "header has no sequence id", line=line_no)
-                    continue
-                stripped = line.strip()
-                if not stripped:
-                    continue
-                if header is None:
-                    if stripped.startswith(";"):
-                        continue  # old-style comment lines before the first record
+                elif header is not None:
+                    parts.append(line)
+                else:
+                    stripped = line.strip()
+                    if not stripped or stripped.startswith(";"):
+                        continue  # blank or old-style comment lines before the first record
                     raise FastaFormatError(
                         path, f"not FASTA: expected a '>' header before sequence data, found {stripped[:30]!r}",
                         line=line_no,
                     )
-                if "\x00" in stripped:
-                    raise FastaFormatError(path, "binary data (NUL byte) in sequence", line=line_no, record=last_id)
-                parts.append(stripped.replace(" ", "").replace("\t", ""))
             if header is not None:
                 yield _make_record(path, header, parts, index, header_line)
                 index += 1
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-        after = f" (after record '{last_id}', line {line_no})" if last_id else ""
-        raise FastaFormatError(path, f"truncated or corrupt gzip stream{after}: {err}", record=None) from err
+        last = f" (after record '{_header_id(header)}', line {line_no})" if header else ""
+        raise FastaFormatError(path, f"truncated or corrupt gzip stream{last}: {err}", record=None) from err
     except UnicodeDecodeError as err:
         raise FastaFormatError(path, f"not a text FASTA file (undecodable byte at line {line_no + 1})",
-                               record=last_id) from err
+                               record=_header_id(header) if header else None) from err
     if index == 0 and not allow_empty_file:
         raise FastaFormatError(path, "no FASTA records found (empty file?)")
 
 
+def _header_id(header: str) -> str:
+    return header.split(maxsplit=1)[0]
+
+
 def _make_record(path: Path, header: str, parts: list[str], index: int, header_line: int) -> FastaRecord:
-    fields = header.strip().split(maxsplit=1)
+    fields = header.split(maxsplit=1)
     seq_id = fields[0]
-    description = fields[1] if len(fields) > 1 else ""
-    return FastaRecord(id=seq_id, description=description, sequence="".join(parts), index=index, line=header_line)
+    description = fields[1].rstrip() if len(fields) > 1 else ""
+    sequence = "".join(parts)
+    # Joined lines still hold their newlines (and maybe spaces or tabs): drop all whitespace at once.
+    sequence = "".join(sequence.split()) if len(parts) > 1 or " " in sequence or "\t" in sequence \
+        else sequence.rstrip("\n")
+    if "\x00" in sequence:
+        raise FastaFormatError(path, "binary data (NUL byte) in sequence", line=header_line, record=seq_id)
+    return FastaRecord(id=seq_id, description=description, sequence=sequence, index=index, line=header_line)
 
 
 def write_fasta(records: Iterator[tuple[str, str]] | list[tuple[str, str]], handle: IO[str], width: int = 0) -> int:

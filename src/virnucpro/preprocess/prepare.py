@@ -194,7 +194,7 @@ def _run(input_path: Path, chunk_length: int, chunking: ChunkingMode, rename_dup
     unique = UniqueIds(input_path, rename=rename_duplicates)
     tracker = _SequenceFrameTracker()
     batch = _ChunkBatch()
-    unreported_rows: list[dict[str, Any]] = []
+    unreported_rows: list[tuple] = []
     records_batch = []
     # Ids are checked for duplicates a few thousand records at a time (vectorised hashing), before any chunk of
     # those records is translated.
@@ -211,20 +211,26 @@ def _run(input_path: Path, chunk_length: int, chunking: ChunkingMode, rename_dup
         ids = unique.check(records_batch)
         for record, sequence_id in zip(records_batch, ids):
             sequence = nucleotide_bytes(record, input_path)
+            length = len(sequence)
             stats.sequences += 1
-            stats.nucleotides += len(sequence)
-            bounds = chunk_bounds(len(sequence), chunk_length, chunking)
-            if not bounds:
+            stats.nucleotides += length
+            if 0 < length <= chunk_length:
+                # Reads: one chunk, no per-sequence bookkeeping needed (the common case, kept cheap).
+                batch.add(sequence, sequence_id, record.index, 1, 0, length)
+                stats.chunks += 1
+            elif length == 0:
                 # A placeholder chunk (number 0) keeps the unreported rows in input order.
-                tracker.expect(record.index, 1)
                 batch.add(b"", sequence_id, record.index, 0, 0, 0)
-                continue
-            tracker.expect(record.index, len(bounds))
-            stats.chunks += len(bounds)
-            for number, (start, end) in enumerate(bounds, start=1):
-                batch.add(sequence[start:end], sequence_id, record.index, number, start, end)
-                if batch.nucleotides >= batch_nucleotides:
-                    flush_chunks()
+            else:
+                bounds = chunk_bounds(length, chunk_length, chunking)
+                tracker.expect(record.index, len(bounds))
+                stats.chunks += len(bounds)
+                for number, (start, end) in enumerate(bounds, start=1):
+                    batch.add(sequence[start:end], sequence_id, record.index, number, start, end)
+                    if batch.nucleotides >= batch_nucleotides:
+                        flush_chunks()
+            if batch.nucleotides >= batch_nucleotides:
+                flush_chunks()
         records_batch.clear()
 
     for record in read_fasta(input_path):
@@ -238,21 +244,24 @@ def _run(input_path: Path, chunk_length: int, chunking: ChunkingMode, rename_dup
 
 
 def _unreported_row(sequence_id: str, sequence_index: int, chunk_number: int | None, chunk_name: str | None,
-                    start: int, end: int, reason: str) -> dict[str, Any]:
-    return {"sequence_id": sequence_id, "sequence_index": sequence_index, "chunk_id": chunk_name,
-            "chunk_index": chunk_number, "chunk_start": start, "chunk_end": end, "reason": reason}
+                    start: int, end: int, reason: str) -> tuple:
+    """One row in UNREPORTED_SCHEMA's column order."""
+    return (sequence_id, sequence_index, chunk_name, chunk_number, start, end, reason)
 
 
-def _write_unreported(writer: pq.ParquetWriter, rows: list[dict[str, Any]], stats: PrepareStats) -> None:
-    for row in rows:
-        stats.reasons[row["reason"]] = stats.reasons.get(row["reason"], 0) + 1
-    writer.write_table(pa.Table.from_pylist(rows, schema=UNREPORTED_SCHEMA))
+def _write_unreported(writer: pq.ParquetWriter, rows: list[tuple], stats: PrepareStats) -> None:
+    columns = list(zip(*rows))
+    for reason in columns[-1]:
+        stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
+    writer.write_table(pa.Table.from_arrays(
+        [pa.array(column, type=field.type) for column, field in zip(columns, UNREPORTED_SCHEMA)],
+        schema=UNREPORTED_SCHEMA))
     stats.unreported_rows += len(rows)
     rows.clear()
 
 
 def _translate_and_write(batch: _ChunkBatch, tracker: _SequenceFrameTracker, stats: PrepareStats,
-                         writer: pq.ParquetWriter, unreported_rows: list[dict[str, Any]]) -> None:
+                         writer: pq.ParquetWriter, unreported_rows: list[tuple]) -> None:
     if not len(batch):
         return
     kept = translate_chunks(batch.texts)
@@ -266,8 +275,10 @@ def _translate_and_write(batch: _ChunkBatch, tracker: _SequenceFrameTracker, sta
             unreported_rows.append(_unreported_row(
                 batch.sequence_id[position], sequence_index, batch.chunk_number[position], chunk_names[position],
                 batch.start[position], batch.end[position], reason))
-        had_frame = tracker.done(sequence_index, reason is None)
-        if had_frame is False:
+        if sequence_index in tracker.pending:
+            if tracker.done(sequence_index, reason is None) is False:
+                stats.sequences_without_frames += 1
+        elif reason is not None:
             stats.sequences_without_frames += 1
     if not len(kept.protein):
         return

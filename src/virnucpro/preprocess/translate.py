@@ -112,12 +112,13 @@ def translate_chunks(chunks: list[bytes]) -> KeptFrames:
     strands_text = strands.decode("ascii")
     proteins: list[str] = []
     nucleotides: list[str] = []
-    for segment in kept_segments.tolist():
-        p = int(protein_length[segment])
-        begin = int(protein_offset[segment])
+    kept_length = protein_length[kept_segments]
+    kept_start = segment_start[kept_segments]
+    kept_end = np.minimum(kept_start + 3 * kept_length + 1, segment_strand_end[kept_segments])
+    kept_offset = protein_offset[kept_segments]
+    for begin, p, start, end in zip(kept_offset.tolist(), kept_length.tolist(), kept_start.tolist(),
+                                    kept_end.tolist()):
         proteins.append(proteins_text[begin : begin + p])
-        start = int(segment_start[segment])
-        end = min(start + 3 * p + 1, int(segment_strand_end[segment]))
         nucleotides.append(strands_text[start:end])
 
     kept_per_chunk = kept.reshape(count, 6).any(axis=1)
