@@ -54,6 +54,8 @@ def embed_frames_command(
     keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep the checkpoint directory after "
                                                   "the feature file is written.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (on a terminal).")] = True,
+    cpu_threads: Annotated[int | None, typer.Option(min=1, help="Torch threads per CPU device process (default: "
+                                                    "cores / devices).")] = None,
 ) -> None:
     """Embed every frame with DNABERT-S (nucleotide) and ESM-2 (protein); resumable: rerun the same command after
     an interruption. Exit codes: 0 done, 143 stopped by SIGTERM / 130 by SIGINT after checkpointing, 5 checkpoint
@@ -65,7 +67,8 @@ def embed_frames_command(
                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, devices=devices, dtype=dtype,
                       workers=workers, prefetch_factor=prefetch_factor, token_budget=_budget(token_budget),
                       backend=backend, telemetry=telemetry, shard=parse_shard(shard), overwrite=overwrite,
-                      keep_checkpoint=keep_checkpoint, progress=progress, command=list(sys.argv))
+                      keep_checkpoint=keep_checkpoint, progress=progress, cpu_threads=cpu_threads,
+                      command=list(sys.argv))
     result = embed_frames(cfg)
     path = telemetry if telemetry is not None else Path(f"{output}.telemetry.json")
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -72,6 +72,7 @@ class EmbedConfig:
     overwrite: bool = False
     keep_checkpoint: bool = False
     progress: bool = True
+    cpu_threads: int | None = None  # torch intra-op threads of each CPU device process (default: cores / devices)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     @property
@@ -173,6 +174,9 @@ def run_rank(job: RankJob, report, stop: threading.Event) -> list[dict]:
     device = torch.device(job.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # the first CUDA call of this process [SAFE-03]
+    elif cfg.cpu_threads or job.world > 1:
+        # Oversubscribed OpenMP threads spin against each other (100x slower on a loaded 2-core box).
+        torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // job.world))
     ckpt = CheckpointDir(cfg.ckpt_path)
     summaries = []
     for kind in KINDS:
@@ -231,8 +235,6 @@ def _rank_entry(job: RankJob, messages) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    if job.device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.world))
     try:
         summaries = run_rank(job, lambda kind, n: messages.put(("progress", kind, n)), stop)
         messages.put(("stats", job.rank, summaries))
