@@ -417,12 +417,13 @@ def tiny_state_dict(config: DNABERTConfig, seed: int, std: float = 0.2) -> dict[
 
 def save_tiny_dnabert(directory: str | Path, seed: int = 0, *, num_layers: int = 2, hidden_size: int = 32,
                       num_heads: int = 4, intermediate_size: int = 64, vocab_size: int = 128,
-                      layout: str = "masked_lm", weights_format: str = "safetensors") -> Path:
+                      layout: str = "masked_lm", weights_format: str = "safetensors", std: float = 0.2) -> Path:
     """Writes a tiny random DNABERT-S in the published on-disk format: config.json (published fields, tiny sizes),
     weights under the published names and a BPE tokenizer.json trained on random DNA.
 
     layout "masked_lm": `bert.` prefix plus `cls.predictions.*` heads (the DNABERT-2-117M layout);
     layout "model": bare names plus `pooler.*` (a BertModel export). weights_format: "safetensors" or "bin".
+    std: weight scale (0.2 suits the tiny default; ~0.05 keeps a DNABERT-S-sized 768-wide model well conditioned).
     """
     if layout not in ("masked_lm", "model") or weights_format not in ("safetensors", "bin"):
         raise ValueError(f"layout {layout!r} / weights_format {weights_format!r} not supported")
@@ -466,7 +467,7 @@ def save_tiny_dnabert(directory: str | Path, seed: int = 0, *, num_layers: int =
     }
     (directory / "config.json").write_text(json.dumps(published, indent=2) + "\n")
 
-    body = tiny_state_dict(config, seed)
+    body = tiny_state_dict(config, seed, std)
     rng = torch.Generator().manual_seed(seed + 1)
     h, v = hidden_size, config.vocab_size
     if layout == "masked_lm":
