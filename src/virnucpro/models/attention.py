@@ -212,19 +212,27 @@ def _cached_document_mask(cu_seqlens: torch.Tensor, total_tokens: int):
     return value
 
 
+# How FlexAttention is compiled on GPU. None = torch.compile's automatic dynamic shapes: the first pack length
+# compiles a static kernel, the first different length recompiles once with a symbolic length, later packs reuse
+# it (pack lengths change on every call, so a purely static compile would recompile per length and, past dynamo's
+# recompile limit, fall back to the unfused eager path). Inductor's CPU flex template fails to build with symbolic
+# lengths in torch 2.11, hence the static compile in the CPU test.
+FLEX_DYNAMIC: bool | None = None
+
+
 @functools.cache
-def _flex_fn(compiled: bool) -> Callable:
+def _flex_fn(compiled: bool, dynamic: bool | None = None) -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
     if not compiled:
         return flex_attention
-    # dynamic=True: pack lengths change every call; a static compile would recompile per length.
-    return torch.compile(flex_attention, dynamic=True)
+    return torch.compile(flex_attention, dynamic=dynamic)
 
 
 def flex_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                 alibi: torch.Tensor | None = None, scale: float | None = None, *, compiled: bool | None = None,
-                block_mask=None) -> torch.Tensor:
+                dynamic: bool | None = FLEX_DYNAMIC, block_mask=None) -> torch.Tensor:
+    """FlexAttention over a pack; compiled by default on CUDA (eager elsewhere: the unfused reference)."""
     total = q.shape[0]
     if block_mask is None:
         block_mask, _ = _cached_document_mask(cu_seqlens, total)
@@ -241,7 +249,7 @@ def flex_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: t
 
     # [T, H, D] -> [1, H, T, D] (a view; the kernels take strides)
     qh, kh, vh = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-    out = _flex_fn(bool(compiled))(qh, kh, vh, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    out = _flex_fn(bool(compiled), dynamic)(qh, kh, vh, score_mod=score_mod, block_mask=block_mask, scale=scale)
     return out.squeeze(0).transpose(0, 1)
 
 
