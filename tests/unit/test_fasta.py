@@ -130,3 +130,20 @@ def test_duplicates_across_batches_are_found_and_renamed_deterministically(tmp_p
     ids = renamer.check(recs[:2]) + renamer.check(recs[2:4]) + renamer.check(recs[4:])
     assert ids == ["a", "b", "a_dup2", "c", "a_dup3", "b_dup2"]
     assert renamer.renamed == 3
+
+
+def test_hash_matches_are_confirmed_on_the_id_strings(tmp_path):
+    """With a hash that collides for every id, distinct ids must still pass and real duplicates still fail."""
+    path = write(tmp_path / "c.fa", ">a\nAC\n>b\nAC\n>c\nGG\n>b\nTT\n")
+    recs = records(path)
+
+    def colliding(ids):
+        return np.zeros(len(ids), dtype=np.uint64)
+
+    checker = UniqueIds(path, hasher=colliding)
+    assert checker.check(recs[:1]) == ["a"]
+    assert checker.check(recs[1:3]) == ["b", "c"]
+    with pytest.raises(DuplicateIdError, match=r"c\.fa:7: record 'b'.*first seen at line 3"):
+        checker.check(recs[3:])
+    renamer = UniqueIds(path, rename=True, hasher=colliding)
+    assert [renamer.check([r])[0] for r in recs] == ["a", "b", "c", "b_dup2"]

@@ -11,7 +11,7 @@ import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -208,9 +208,11 @@ class UniqueIds:
     directly, against earlier batches by re-reading the file's headers up to the batch (only when a match happens).
     """
 
-    def __init__(self, path: str | Path, *, rename: bool = False):
+    def __init__(self, path: str | Path, *, rename: bool = False,
+                 hasher: Callable[[list[str]], np.ndarray] = SeenIds.hashes):
         self.path = Path(path)
         self.rename = rename
+        self._hasher = hasher
         self._seen = SeenIds()
         self._occurrences: dict[str, int] = {}  # only ids known to be duplicated
         self._first_line: dict[str, int] = {}
@@ -219,7 +221,7 @@ class UniqueIds:
     def check(self, records: list[FastaRecord]) -> list[str]:
         """Return the ids to use for `records` (the same ids unless renamed)."""
         ids = [record.id for record in records]
-        hashes = SeenIds.hashes(ids)
+        hashes = self._hasher(ids)
         earlier = self._seen.contains(hashes)
         candidates = {ids[i] for i in np.flatnonzero(earlier).tolist()} - self._occurrences.keys()
         if candidates:
