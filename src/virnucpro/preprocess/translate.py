@@ -78,6 +78,7 @@ def translate_chunks(chunks: list[bytes]) -> KeptFrames:
 
     codon_ok = (codes[:-2] < 4) & (codes[1:-1] < 4) & (codes[2:] < 4)
     amino = _AMINO_BY_CODE[((codes[:-2] & 3) << 4) | ((codes[1:-1] & 3) << 2) | (codes[2:] & 3)]
+    is_stop = codon_ok & (amino == STOP)
 
     forward_start = np.cumsum(lengths) - lengths
     reverse_start = 2 * total - forward_start - lengths
@@ -87,35 +88,27 @@ def translate_chunks(chunks: list[bytes]) -> KeptFrames:
     segment_start = (strand_start[:, :, None] + offsets).reshape(-1)
     codons = np.maximum(0, (lengths[:, None] - offsets) // 3)
     segment_codons = np.repeat(codons[:, None, :], 2, axis=1).reshape(-1)
-    segment_strand_start = np.repeat(strand_start.reshape(-1), 3)
-    segment_strand_end = segment_strand_start + np.repeat(lengths, 6)
+    segment_strand_end = np.repeat(strand_start.reshape(-1), 3) + np.repeat(lengths, 6)
 
-    first = np.cumsum(segment_codons) - segment_codons
-    n_codons = int(segment_codons.sum())
-    positions = np.repeat(segment_start, segment_codons) + 3 * (
-        np.arange(n_codons, dtype=np.int64) - np.repeat(first, segment_codons)
-    )
-    ok = codon_ok[positions]
-    acids = amino[positions]
-    stops = ok & (acids == STOP)
-
-    ok_cumulative = np.concatenate([[0], np.cumsum(ok, dtype=np.int64)])
-    stop_cumulative = np.concatenate([[0], np.cumsum(stops, dtype=np.int64)])
-    last = first + segment_codons
-    protein_length = ok_cumulative[last] - ok_cumulative[first]
-    stop_count = stop_cumulative[last] - stop_cumulative[first]
+    # A frame's codons sit 3 apart, so per-frame counts are differences of cumulative sums taken separately over
+    # each residue class mod 3: no per-codon gather is needed until a frame is known to be kept.
+    protein_length = _strided_counts(codon_ok, segment_start, segment_codons)
+    stop_count = _strided_counts(is_stop, segment_start, segment_codons)
     kept = (stop_count == 0) & (protein_length > 0)
 
     kept_segments = np.flatnonzero(kept)
-    proteins_text = acids[ok].tobytes().decode("ascii")
-    protein_offset = ok_cumulative[first]
+    kept_length = protein_length[kept_segments]
+    kept_start = segment_start[kept_segments]
+    kept_codons = segment_codons[kept_segments]
+    kept_first = np.cumsum(kept_codons) - kept_codons
+    positions = np.repeat(kept_start, kept_codons) + 3 * (
+        np.arange(int(kept_codons.sum()), dtype=np.int64) - np.repeat(kept_first, kept_codons))
+    proteins_text = amino[positions][codon_ok[positions]].tobytes().decode("ascii")
+    kept_offset = np.cumsum(kept_length) - kept_length
+    kept_end = np.minimum(kept_start + 3 * kept_length + 1, segment_strand_end[kept_segments])
     strands_text = strands.decode("ascii")
     proteins: list[str] = []
     nucleotides: list[str] = []
-    kept_length = protein_length[kept_segments]
-    kept_start = segment_start[kept_segments]
-    kept_end = np.minimum(kept_start + 3 * kept_length + 1, segment_strand_end[kept_segments])
-    kept_offset = protein_offset[kept_segments]
     for begin, p, start, end in zip(kept_offset.tolist(), kept_length.tolist(), kept_start.tolist(),
                                     kept_end.tolist()):
         proteins.append(proteins_text[begin : begin + p])
@@ -134,6 +127,16 @@ def translate_chunks(chunks: list[bytes]) -> KeptFrames:
         nucleotide=nucleotides,
         no_frame_reason=reasons,
     )
+
+
+def _strided_counts(flags: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """For each (first, count): how many of flags[first], flags[first+3], ..., flags[first+3(count-1)] are set."""
+    # Frames with no codon may start up to 4 past the last codon position (empty chunks at the batch end).
+    padded = np.zeros(-(-(len(flags) + 8) // 3) * 3, dtype=np.int32)
+    padded[3 : 3 + len(flags)] = flags
+    # cumulative[i + 3] = sum of flags[j] for j <= i and j == i (mod 3); the 3 leading zeros stand for "nothing".
+    cumulative = np.cumsum(padded.reshape(-1, 3), axis=0, dtype=np.int32).reshape(-1)
+    return cumulative[first + 3 * count] - cumulative[first]
 
 
 def six_frames(sequence: str) -> list[tuple[str, str, str]]:
