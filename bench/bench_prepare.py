@@ -24,11 +24,12 @@ import numpy as np
 def write_reads(path: Path, reads: int, length: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     alphabet = np.frombuffer(b"ACGT", dtype=np.uint8)
-    block = 100_000
+    # Small uint8 blocks: the child's peak RSS counts this process's memory at fork time, so keep it small.
+    block = max(1, 4_000_000 // length)
     with open(path, "wb") as handle:
         for first in range(0, reads, block):
             count = min(block, reads - first)
-            bases = alphabet[rng.integers(0, 4, size=(count, length))]
+            bases = alphabet[rng.integers(0, 4, size=(count, length), dtype=np.uint8)]
             lines = bytearray()
             for offset, row in enumerate(bases):
                 lines += b">read_%d\n" % (first + offset) + row.tobytes() + b"\n"

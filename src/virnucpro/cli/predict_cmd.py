@@ -37,7 +37,7 @@ def predict_command(
     frames: Annotated[Path | None, typer.Option(
         help="Frame table from `prepare`: maps frames to sequences and lists sequences without frames.")] = None,
     unreported: Annotated[Path | None, typer.Option(
-        help="Unreported table from `prepare` [default: next to --frames].")] = None,
+        help="Unreported table from `prepare`. Default: the STEM.unreported.parquet next to --frames.")] = None,
     classifier_chunk_length: ClassifierChunkLength = None,
     sequence_rule: Annotated[SequenceRuleOption, typer.Option(
         help="Sequence verdict: majority = virus when at least half of its scored chunks are virus; "

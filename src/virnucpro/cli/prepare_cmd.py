@@ -36,8 +36,9 @@ def prepare_command(
         help="compatible: the reference arithmetic (the published weights were trained on it); "
              "even: the overlap spread evenly, every chunk exactly the chunk length.")] = Chunking.compatible,
     unreported: Annotated[Path | None, typer.Option(
-        help="Table of sequences/chunks that gave no kept frame, with the reason "
-             "[default: OUTPUT's name with .unreported.parquet, next to it].")] = None,
+        help="Table of sequences/chunks that gave no kept frame, with the reason. "
+             "Default: next to OUTPUT, named STEM.unreported.parquet (frames.parquet -> "
+             "frames.unreported.parquet).")] = None,
     rename_duplicates: Annotated[bool, typer.Option(
         "--rename-duplicates", help="Rename repeated ids to ID_dup2, ID_dup3, ... instead of failing.")] = False,
     summary: Annotated[Path | None, typer.Option(help="Write counts and timing as JSON here.")] = None,
