@@ -6,7 +6,7 @@ Workloads (random DNA, tokenized by the model's BPE tokenizer):
   reads: uniform 150-nt reads (the archive's benchmark shape)     wide: lengths uniform in 100..3000 nt
 Ours: length-sorted sequences packed greedily up to --budget tokens, `embed_packed` per pack, for every attention
 backend that can run ALiBi on the device (flash_attn, flex; sdpa only with --include-sdpa on CUDA: it is the
-per-sequence fallback).
+per-sequence fallback), each with and without `compile=True` (torch.compile of the gated MLP).
 Baseline: the same weights run padded: length-sorted batches of at most --budget padded tokens, every linear layer
 over [B, L, hidden], attention = torch SDPA with a float mask = ALiBi bias + key-padding -inf, mean over real tokens.
 Both sides get their inputs already on the device (model throughput, not input pipeline), run one untimed warm-up
@@ -215,6 +215,9 @@ def main() -> None:
     parser.add_argument("--backends", default="",
                         help="comma list; default on CUDA: every ALiBi-capable backend; on CPU: sdpa (what auto uses)")
     parser.add_argument("--include-sdpa", action="store_true", help="also time the per-sequence sdpa fallback")
+    parser.add_argument("--compile", choices=("both", "on", "off"), default=None,
+                        help="time each backend with the compiled gated MLP, without, or both "
+                             "(default: both on CUDA, off on CPU)")
     parser.add_argument("--reads", type=int, default=100_000, help="number of 150-nt reads")
     parser.add_argument("--wide", type=int, default=10_000, help="number of 100..3000-nt sequences")
     parser.add_argument("--budget", type=int, default=65_536, help="tokens per pack / padded tokens per batch")
@@ -246,7 +249,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dnabert-") as tmp:
         model_dir = save_tiny_dnabert(Path(tmp) / "model", seed=args.seed, std=0.05, **shape)
         tokenizer = load_dnabert_tokenizer(model_dir)
-        encoders = {b: load_dnabert_encoder(model_dir, device=device, dtype=dtype, backend=b) for b in backends}
+        compile_modes = {"both": (False, True), "on": (True,), "off": (False,)}[
+            args.compile or ("both" if device.type == "cuda" else "off")]
+        encoders = {b + ("+compile" if c else ""): load_dnabert_encoder(model_dir, device=device, dtype=dtype,
+                                                                        backend=b, compile=c)
+                    for b in backends for c in compile_modes}
         reference_model = load_dnabert_encoder(model_dir, device=device, dtype=dtype, backend="sdpa").model
 
     result = {
@@ -254,7 +261,7 @@ def main() -> None:
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "smoke": args.smoke,
         "environment": environment(device), "device": str(device), "dtype": args.dtype,
         "model": {"shape": shape, "weights": "random (std 0.05), published on-disk format"},
-        "budget_tokens": args.budget, "repeats": args.repeats, "backends": backends,
+        "budget_tokens": args.budget, "repeats": args.repeats, "backends": list(encoders),
         "baseline": "padded, length-sorted batches (batch*longest <= budget), SDPA with float ALiBi + padding mask",
         "workloads": {},
     }
@@ -276,7 +283,7 @@ def main() -> None:
             entry["ours"][backend] = {"seconds": round(best, 4), "runs": [round(r, 4) for r in runs],
                                       "warmup_seconds": round(warm, 2),
                                       "tokens_per_s": round(real_tokens / best), "sequences_per_s": round(count / best)}
-            print(f"{name:6s} ours/{backend:10s} {real_tokens / best / 1e6:8.3f} M tokens/s  ({best:.3f} s)", flush=True)
+            print(f"{name:6s} ours/{backend:18s} {real_tokens / best / 1e6:8.3f} M tokens/s  ({best:.3f} s)", flush=True)
             if ours_out is None:
                 ours_out = collect(encoder.embed_packed, packs, pack_groups, count, encoder.hidden_size)
         del packs

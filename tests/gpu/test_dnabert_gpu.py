@@ -145,3 +145,15 @@ def test_auto_backend_on_cuda_is_not_the_per_sequence_fallback(model_dir):
     encoder = load_dnabert_encoder(model_dir, device="cuda", dtype=torch.float16)
     report({"test": "auto_backend", "backend": encoder.backend, "dtype": "fp16"})
     assert encoder.backend in ("flash_attn", "flex"), encoder.backend
+
+
+def test_compiled_mlp_matches_eager(model_dir, tokens, gold):
+    """`compile=True` (torch.compile of the gated MLP, dynamic shapes) changes speed, not results."""
+    require_cuda()
+    eager = load_dnabert_encoder(model_dir, device="cuda", dtype=torch.float16)
+    compiled = load_dnabert_encoder(model_dir, device="cuda", dtype=torch.float16, compile=True)
+    a, b = embed_packed(eager, tokens), embed_packed(compiled, tokens)
+    vs_eager, vs_fp32 = cos_min(a, b), cos_min(b, gold)
+    report({"test": "compiled_mlp", "backend": compiled.backend, "dtype": "fp16",
+            "min_cos_compiled_vs_eager": vs_eager, "min_cos_vs_fp32_gold": vs_fp32})
+    assert vs_eager >= 0.999 and vs_fp32 >= 0.99, (vs_eager, vs_fp32)

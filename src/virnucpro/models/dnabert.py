@@ -365,7 +365,11 @@ def load_dnabert_tokenizer(model_dir: str | Path) -> DNABERTTokenizer:
 
 
 def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32, backend: str = "auto") -> DNABERTEncoder:
+                         dtype: torch.dtype = torch.float32, backend: str = "auto",
+                         compile: bool = False) -> DNABERTEncoder:
+    """compile: torch.compile each layer's gated MLP (dynamic shapes; one graph shared by all layers), fusing
+    GELU * gate, the residual add and the LayerNorm around the two matmuls: fewer passes over the [T, 2 * FFN]
+    intermediate. Off by default; bench/bench_dnabert.py measures both."""
     model_dir = Path(model_dir)
     config = DNABERTConfig.from_json(model_dir / "config.json")
     path = weights_file(model_dir)
@@ -382,6 +386,9 @@ def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cp
     digest = fingerprint(config, state)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     model.to_runtime(device, dtype).eval().requires_grad_(False)
+    if compile:
+        for layer in model.layers:
+            layer.mlp.compile(dynamic=True)
     return DNABERTEncoder(model, digest, device, dtype, backend)
 
 
