@@ -196,7 +196,8 @@ class SeenIds:
     def add(self, hashes: np.ndarray) -> None:
         run = np.sort(hashes)
         while self._runs and len(self._runs[-1]) <= len(run):
-            run = np.sort(np.concatenate([self._runs.pop(), run]), kind="mergesort")
+            run = np.concatenate([self._runs.pop(), run])
+            run.sort()  # in place: a merge never holds more than the two runs plus their concatenation
         self._runs.append(run)
 
 
