@@ -215,6 +215,21 @@ def test_tokenizer_vocab_must_match_model(tiny, tmp_path):
         load_dnabert_tokenizer(folder)
 
 
+def test_tokenizer_may_be_smaller_than_a_padded_embedding_table(tiny, tmp_path):
+    folder = tmp_path / "padded"
+    shutil.copytree(tiny, folder)
+    config = json.loads((folder / "config.json").read_text())
+    size = config["vocab_size"]
+    for padded, ok in ((size + 8, True), (size + 64, False), (size - 1, False)):
+        config["vocab_size"] = padded
+        (folder / "config.json").write_text(json.dumps(config))
+        if ok:
+            assert load_dnabert_tokenizer(folder).vocab_size == size
+        else:
+            with pytest.raises(ModelError, match="do not belong together"):
+                load_dnabert_tokenizer(folder)
+
+
 # ------------------------------------------------------------------------------------------ checkpoints
 def test_both_key_layouts_load_identically(tiny, tiny_bare_bin, encoder, tokenizer, sequences):
     keys = load_file(str(tiny / "model.safetensors")).keys()

@@ -306,7 +306,8 @@ class DNABERTTokenizer:
         # unless asked, so do the same here whatever the file says.
         self._tok.no_truncation()
         self._tok.no_padding()
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        # Ids index the embedding table, so what must fit is the id range, not the number of entries.
+        self.vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
 
     def encode(self, sequence: str) -> list[int]:
         return self._tok.encode(sequence).ids
@@ -347,10 +348,16 @@ class DNABERTEncoder:
         return mean_per_sequence(hidden, cu_seqlens)
 
 
+# Embedding tables are sometimes padded past the tokenizer (MosaicBERT pads BERT's 30522 to 30528); DNABERT-S's is
+# not (4096 both), but allow such padding rather than refuse a valid folder. Anything else is the wrong tokenizer.
+VOCAB_PADDING = 64
+
+
 def check_tokenizer_matches(tokenizer: DNABERTTokenizer, config: DNABERTConfig) -> None:
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ModelError(f"{tokenizer.path}: tokenizer vocabulary has {tokenizer.vocab_size} tokens but "
-                         f"config.json vocab_size is {config.vocab_size}: tokenizer and weights do not belong together")
+    n = tokenizer.vocab_size
+    if not 0 <= config.vocab_size - n < VOCAB_PADDING:
+        raise ModelError(f"{tokenizer.path}: tokenizer vocabulary has {n} tokens but config.json vocab_size is "
+                         f"{config.vocab_size}: tokenizer and weights do not belong together")
 
 
 def load_dnabert_tokenizer(model_dir: str | Path) -> DNABERTTokenizer:
