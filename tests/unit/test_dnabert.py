@@ -205,6 +205,25 @@ def test_tokenizer_matches_the_reference_call_and_never_truncates(tiny, tmp_path
         assert len(ours.encode(seq)) > 16 or len(seq) < 40
 
 
+def test_no_truncation_and_a_sane_engine_budget(tokenizer, encoder):
+    """max_tokens is where the engine's outlier rule starts (a sequence runs alone), never a truncation; and the
+    engine never sizes its budget below it, so it must stay modest."""
+    from virnucpro.engine.batching import CPU_BUDGET, MAX_BUDGET, ModelShape, plan_packs, token_budget
+
+    long = random_dna(40_000, seed=9)
+    ids = tokenizer.encode(long)
+    assert len(ids) > tokenizer.max_tokens and ids[0] == 1 and ids[-1] == 2
+    budget, _ = token_budget(ModelShape.of(encoder), torch.device("cpu"), max_tokens=tokenizer.max_tokens)
+    assert budget <= max(CPU_BUDGET, MAX_BUDGET)
+    gpu_budget, _ = token_budget(ModelShape.of(encoder), torch.device("cuda"), max_tokens=tokenizer.max_tokens,
+                                 free_bytes=80 << 30)
+    assert tokenizer.max_tokens <= gpu_budget <= MAX_BUDGET
+    import numpy as np
+
+    bounds = plan_packs(np.array([50, 60, len(ids), 70]), budget, tokenizer.max_tokens)
+    assert bounds.tolist() == [0, 2, 3, 4]  # the long one alone
+
+
 def test_tokenizer_vocab_must_match_model(tiny, tmp_path):
     folder = tmp_path / "vocab"
     shutil.copytree(tiny, folder)

@@ -10,9 +10,10 @@ Architecture, as in the published remote code (`bert_layers.py` of DNABERT-2-117
 
 Sequences arrive packed: one token stream `input_ids` [T] with `cu_seqlens` [B + 1]; every op except attention is
 per token, and attention (`varlen_attention`) never crosses a sequence boundary, so the packed forward equals B
-separate forwards. ALiBi has no length limit: the only limit is memory, so the tokenizer never truncates
-(`max_tokens` is effectively unbounded) and the engine's outlier rule applies instead: a sequence longer than the
-pack token budget is embedded alone in its own pack.
+separate forwards. ALiBi has no length limit, only memory does, so the tokenizer never truncates; the engine's
+outlier rule applies instead: a sequence longer than the pack token budget or than `max_tokens` (8192) is embedded
+alone in its own pack (FlexAttention/flash-attn memory grows linearly with its length; the per-sequence sdpa
+fallback materialises an [heads, L, L] bias, fine for CPU-sized inputs).
 
 Checkpoints are read from the published Hugging Face folder (config.json, model.safetensors or pytorch_model.bin,
 tokenizer.json) without running its remote code: the published parameter names are mapped onto this file's own
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,8 +37,10 @@ from virnucpro.errors import ModelError
 from virnucpro.models.attention import alibi_slopes, resolve_backend, varlen_attention
 
 KIND = "dnabert"
-# ALiBi: no positional limit. The engine packs anything up to its token budget and runs longer sequences alone.
-MAX_TOKENS = sys.maxsize
+# Not a model limit (ALiBi has none and `encode` never truncates): the length from which the engine's outlier rule
+# embeds a sequence alone in its own pack, as it does with anything over the pack budget. The engine never sizes a
+# budget below max_tokens, so this must stay a modest number (8192 tokens ~ 35 kb of DNA; frames are <= 501 nt).
+MAX_TOKENS = 8192
 # Published checkpoints are saved from BertForMaskedLM (`bert.` prefix + `cls.*`) or BertModel (bare + `pooler.*`).
 HEAD_PREFIXES = ("cls.", "pooler.")
 # Non-persistent buffers that some exporters still write; they carry no weights.
@@ -289,7 +291,7 @@ class DNABERTTokenizer:
     """BPE from the folder's tokenizer.json, `[CLS] seq [SEP]`, CPU only and picklable (reloaded from its path in
     spawned DataLoader workers). The sequence is encoded as given, like the reference (no upper-casing: the frames
     handed to it are upper-case already; DNABERT-2's vocabulary is upper-case, lower-case letters would encode
-    differently). Never truncates: see MAX_TOKENS."""
+    differently). Never truncates, whatever the length: see MAX_TOKENS."""
 
     kind = KIND
     max_tokens = MAX_TOKENS
