@@ -168,26 +168,34 @@ def load_classifier(path: str | Path, *, classifier_chunk_length: int | None = N
     return LoadedClassifier(model, chunk_length, model.hidden_layer.in_features, "pickle")
 
 
-def convert_classifier(source: str | Path, output: str | Path, *, classifier_chunk_length: int | None = None) -> LoadedClassifier:
-    """Write a `.pth` classifier as safetensors with chunk_length and layer sizes in its metadata."""
+def save_classifier(model: MLPClassifier, chunk_length: int, output: str | Path, *, source: str) -> Path:
+    """Write a classifier as safetensors with chunk_length and layer sizes in its metadata (what load_classifier reads)."""
     from safetensors.torch import save
 
     from virnucpro.io.bundle import atomic_write_bytes
 
-    loaded = load_classifier(source, classifier_chunk_length=classifier_chunk_length)
     output = Path(output)
     if output.suffix != ".safetensors":
         raise ModelError(f"{output}: the converted classifier must be named *.safetensors")
-    state = {key: value.contiguous() for key, value in loaded.model.state_dict().items()}
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
     metadata = {
         "format": CLASSIFIER_FORMAT,
-        "chunk_length": str(loaded.chunk_length),
-        "input_dim": str(loaded.input_dim),
-        "hidden_dim": str(loaded.model.hidden_layer.out_features),
-        "num_class": str(loaded.model.output_layer.out_features),
+        "chunk_length": str(chunk_length),
+        "input_dim": str(model.hidden_layer.in_features),
+        "hidden_dim": str(model.hidden_layer.out_features),
+        "num_class": str(model.output_layer.out_features),
         "class_names": ",".join(CLASS_NAMES),
-        "source": Path(source).name,
+        "source": source,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output, save(state, metadata=metadata))
+    return output
+
+
+def convert_classifier(source: str | Path, output: str | Path, *, classifier_chunk_length: int | None = None) -> LoadedClassifier:
+    """Write a `.pth` classifier as safetensors with chunk_length and layer sizes in its metadata."""
+    loaded = load_classifier(source, classifier_chunk_length=classifier_chunk_length)
+    if Path(output).suffix != ".safetensors":
+        raise ModelError(f"{output}: the converted classifier must be named *.safetensors")
+    save_classifier(loaded.model, loaded.chunk_length, output, source=Path(source).name)
     return loaded

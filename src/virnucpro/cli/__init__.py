@@ -13,6 +13,8 @@ from virnucpro.errors import VirNucProError
 
 # Imported for their side effect of registering commands on `app`.
 from virnucpro.cli import fasta_cmd  # noqa: F401,E402
+from virnucpro.cli import report_cmd  # noqa: F401,E402
+from virnucpro.cli import demo_cmd  # noqa: F401,E402
 from virnucpro.cli import embed_cmd  # noqa: F401,E402
 from virnucpro.cli import prepare_cmd  # noqa: F401,E402
 from virnucpro.cli import predict_cmd  # noqa: F401,E402
