@@ -323,6 +323,16 @@ def test_esm_folder_is_refused(tmp_path):
         load_dnabert_tokenizer(tmp_path / "esm")
 
 
+def test_standard_bert_folder_is_named(tmp_path):
+    """A plain Hugging Face BERT (separate query/key/value, position embeddings) has model_type 'bert' too."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelError, match=r"missing tensor .*Wqkv.* standard BERT checkpoint, not DNABERT-S"):
+        load_dnabert_encoder(tmp_path / "bert")
+
+
 def test_folder_without_weights_or_config(tmp_path, tiny):
     with pytest.raises(ModelError, match="no config.json"):
         load_dnabert_encoder(tmp_path)
