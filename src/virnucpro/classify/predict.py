@@ -32,8 +32,45 @@ SUMMARY = "predict_summary.json"
 FRAME_SUFFIX_LENGTH = 2  # "F1".."R3"
 
 
+class _RowReader:
+    """Reads row blocks of a (memory-mapped) 2-D array with plain file reads.
+
+    Touching a memory map leaves every page read counted in the process's RSS; positioned reads go through the page
+    cache instead, so scoring a 100 GB feature file needs only one batch of RAM. In-memory arrays are sliced.
+    """
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.handle = None
+        filename = getattr(array, "filename", None)
+        if isinstance(array, np.memmap) and filename and array.flags.c_contiguous and array.ndim == 2:
+            self.row_bytes = array.shape[1] * array.dtype.itemsize
+            if array.offset + array.shape[0] * self.row_bytes == os.path.getsize(filename):
+                self.handle = open(filename, "rb")
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.handle is None:
+            return np.asarray(self.array[start:stop])
+        count = (stop - start) * self.array.shape[1]
+        self.handle.seek(self.array.offset + start * self.row_bytes)
+        block = np.fromfile(self.handle, dtype=self.array.dtype, count=count)
+        return block.reshape(stop - start, self.array.shape[1])
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}: no CUDA device is available")
+    return torch.device(device)
+
+
 def score_features(classifier: LoadedClassifier, dnabert: np.ndarray, esm: np.ndarray, *,
-                   batch_size: int = 65536) -> np.ndarray:
+                   batch_size: int = 4096, device: str = "cpu") -> np.ndarray:
     """Softmax scores [N, 2] (others, virus) of concat(dnabert, esm), read batch by batch."""
     if dnabert.shape[0] != esm.shape[0]:
         raise InputError(f"features: {dnabert.shape[0]} DNABERT-S rows but {esm.shape[0]} ESM rows")
@@ -43,15 +80,21 @@ def score_features(classifier: LoadedClassifier, dnabert: np.ndarray, esm: np.nd
                          f"ESM {esm.shape[1]} = {width}; was it trained with another ESM-2 size?")
     count = dnabert.shape[0]
     scores = np.empty((count, 2), dtype=np.float32)
-    model = classifier.model.eval()
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        block = np.concatenate([np.asarray(dnabert[start:stop], dtype=np.float32),
-                                np.asarray(esm[start:stop], dtype=np.float32)], axis=1)
-        if not np.isfinite(block).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-            raise InputError(f"features row {bad}: NaN or infinite value")
-        scores[start:stop] = model.probabilities(torch.from_numpy(block)).numpy()
+    target = resolve_device(device)
+    model = classifier.model.eval().to(target)
+    readers = [_RowReader(dnabert), _RowReader(esm)]
+    try:
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            block = np.concatenate([reader.rows(start, stop).astype(np.float32, copy=False) for reader in readers],
+                                   axis=1)
+            if not np.isfinite(block).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                raise InputError(f"features row {bad}: NaN or infinite value")
+            scores[start:stop] = model.probabilities(torch.from_numpy(block).to(target)).cpu().numpy()
+    finally:
+        for reader in readers:
+            reader.close()
     return scores
 
 
@@ -197,7 +240,8 @@ def run_predict(
     unreported: str | Path | None = None,
     classifier_chunk_length: int | None = None,
     sequence_rule: SequenceRule = "majority",
-    batch_size: int = 65536,
+    batch_size: int = 4096,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     from virnucpro.io.features import read_features
     from virnucpro.preprocess.prepare import default_unreported_path, read_table_metadata
@@ -223,7 +267,7 @@ def run_predict(
         unreported_table = pl.read_parquet(unreported_path)
 
     frame_ids, dnabert, esm = read_features(features)
-    scores = score_features(classifier, dnabert, esm, batch_size=batch_size)
+    scores = score_features(classifier, dnabert, esm, batch_size=batch_size, device=device)
     frame_table = _frame_table(frame_ids, scores, frames_path)
     chunk_table = _chunk_table(frame_table)
     sequence_table = _sequence_table(frame_table, chunk_table, unreported_table, sequence_rule)
@@ -240,7 +284,7 @@ def run_predict(
     summary = {
         "features": str(features), "classifier": str(classifier_path), "classifier_format": classifier.source,
         "chunk_length": chunk_length, "frames": str(frames_path) if frames_path else None,
-        "sequence_rule": sequence_rule, "n_frames": frame_table.height, "n_chunks": chunk_table.height,
+        "sequence_rule": sequence_rule, "device": str(resolve_device(device)), "n_frames": frame_table.height, "n_chunks": chunk_table.height,
         "n_sequences": sequence_table.height,
         "verdicts": dict(zip(verdicts["verdict"].to_list(), verdicts["count"].to_list())),
         "files": files, "seconds": round(time.perf_counter() - started, 3),

@@ -42,14 +42,15 @@ def predict_command(
     sequence_rule: Annotated[SequenceRuleOption, typer.Option(
         help="Sequence verdict: majority = virus when at least half of its scored chunks are virus; "
              "any = virus when any chunk is.")] = SequenceRuleOption.majority,
-    batch_size: Annotated[int, typer.Option(min=1, help="Frames scored per batch.")] = 65536,
+    batch_size: Annotated[int, typer.Option(min=1, help="Frames scored per batch.")] = 4096,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Score every frame with the MLP classifier; write frame, chunk and sequence tables (TSV + Parquet)."""
     from virnucpro.classify.predict import run_predict
 
     summary = run_predict(features, classifier, chunk_length=chunk_length, output=output, frames=frames,
                           unreported=unreported, classifier_chunk_length=classifier_chunk_length,
-                          sequence_rule=sequence_rule.value, batch_size=batch_size)
+                          sequence_rule=sequence_rule.value, batch_size=batch_size, device=device)
     verdicts = ", ".join(f"{name}: {count}" for name, count in summary["verdicts"].items())
     typer.echo(f"{summary['n_frames']} frames, {summary['n_chunks']} chunks, {summary['n_sequences']} sequences "
                f"({verdicts}) -> {output}")
