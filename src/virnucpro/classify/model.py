@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def read_pickled_state(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_ALLOWED_PICKLE_GLOBALS):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path) and "persistent_load" in str(err):
+            raise ModelError(f"{path}: legacy (pre-1.6) torch file that embeds module source code; the restricted "
+                             "loader refuses it (re-save it as a state dict with a current torch)") from err
         refused = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"class {refused.group(1)!r}" if refused else "an object"
         raise ModelError(f"{path}: refusing to unpickle {what}: only the VirNucPro MLPClassifier layout "
