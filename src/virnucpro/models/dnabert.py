@@ -18,7 +18,7 @@ fallback materialises an [heads, L, L] bias, fine for CPU-sized inputs).
 Checkpoints are read from the published Hugging Face folder (config.json, model.safetensors or pytorch_model.bin,
 tokenizer.json) without running its remote code: the published parameter names are mapped onto this file's own
 layout by `published_key_map`. Keys may carry a `bert.` prefix (BertForMaskedLM checkpoints) or not (BertModel);
-heads (`cls.*`, `pooler.*`) are ignored; anything else missing, unexpected or mis-shaped is a ModelError.
+heads (`cls.*`, `pooler.*`, `classifier.*`) are ignored; anything else missing, unexpected or mis-shaped is a ModelError.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ KIND = "dnabert"
 # embeds a sequence alone in its own pack, as it does with anything over the pack budget. The engine never sizes a
 # budget below max_tokens, so this must stay a modest number (8192 tokens ~ 35 kb of DNA; frames are <= 501 nt).
 MAX_TOKENS = 8192
-# Published checkpoints are saved from BertForMaskedLM (`bert.` prefix + `cls.*`) or BertModel (bare + `pooler.*`).
-HEAD_PREFIXES = ("cls.", "pooler.")
+# Published checkpoints are saved from BertForMaskedLM (`bert.` prefix + `cls.*`) or BertModel (bare + `pooler.*`);
+# fine-tuned BertForSequenceClassification ones add `classifier.*`. None of them is part of the encoder.
+HEAD_PREFIXES = ("cls.", "pooler.", "classifier.")
 # Non-persistent buffers that some exporters still write; they carry no weights.
 IGNORED_BUFFERS = ("embeddings.token_type_ids", "embeddings.position_ids")
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, the order of DNABERT-2's tokenizer.json
