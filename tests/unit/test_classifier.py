@@ -40,8 +40,10 @@ ORIGINAL_SCRIPT = textwrap.dedent("""
             return self.output_layer(x)
 
     path, input_dim, hidden_dim, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    eps = float(sys.argv[5])
     torch.manual_seed(seed)
     model = MLPClassifier(input_dim, hidden_dim, 2)
+    model.bn1.eps = eps
     with torch.no_grad():
         # Trained-looking BatchNorm statistics, so eval mode and train mode give different answers.
         model.bn1.running_mean.normal_(0, 0.5)
@@ -52,25 +54,29 @@ ORIGINAL_SCRIPT = textwrap.dedent("""
     torch.save(model, path)
     # The same weights as plain arrays, for the numpy reference (the test never unpickles the module itself).
     import numpy as np
-    np.savez(path + ".npz", **{k: v.detach().double().numpy() for k, v in model.state_dict().items()})
+    np.savez(path + ".npz", bn_eps=np.array(eps),
+             **{k: v.detach().double().numpy() for k, v in model.state_dict().items()})
 """)
 
 
-def save_original_classifier(path: Path, input_dim: int = 24, hidden_dim: int = 16, seed: int = 0) -> Path:
+def save_original_classifier(path: Path, input_dim: int = 24, hidden_dim: int = 16, seed: int = 0,
+                             bn_eps: float = 1e-5) -> Path:
     script = path.parent / "train_like_original.py"
     script.write_text(ORIGINAL_SCRIPT)
-    subprocess.run([sys.executable, str(script), str(path), str(input_dim), str(hidden_dim), str(seed)], check=True)
+    subprocess.run([sys.executable, str(script), str(path), str(input_dim), str(hidden_dim), str(seed), str(bn_eps)],
+                   check=True)
     return path
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Path:
-    return save_original_classifier(tmp_path_factory.mktemp("weights") / "300_model.pth")
+    # A large eps, so that using the default eps instead of the pickled one would change the scores.
+    return save_original_classifier(tmp_path_factory.mktemp("weights") / "300_model.pth", bn_eps=0.3)
 
 
 def numpy_reference(state: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
     hidden = features @ state["hidden_layer.weight"].T + state["hidden_layer.bias"]
-    normalised = (hidden - state["bn1.running_mean"]) / np.sqrt(state["bn1.running_var"] + 1e-5)
+    normalised = (hidden - state["bn1.running_mean"]) / np.sqrt(state["bn1.running_var"] + state["bn_eps"])
     hidden = np.maximum(normalised * state["bn1.weight"] + state["bn1.bias"], 0)
     logits = hidden @ state["output_layer.weight"].T + state["output_layer.bias"]
     logits -= logits.max(axis=1, keepdims=True)

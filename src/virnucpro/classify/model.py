@@ -38,10 +38,10 @@ _PUBLISHED_NAME = re.compile(r"^(300|500)_model\b")
 
 
 class MLPClassifier(nn.Module):
-    def __init__(self, input_dim: int = 3328, hidden_dim: int = 512, num_class: int = 2):
+    def __init__(self, input_dim: int = 3328, hidden_dim: int = 512, num_class: int = 2, bn_eps: float = 1e-5):
         super().__init__()
         self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim, eps=bn_eps)
         self.dropout = nn.Dropout(0.5)
         self.output_layer = nn.Linear(hidden_dim, num_class)
 
@@ -95,10 +95,10 @@ def _normalise_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {re.sub(r"^batch_norm\.", "bn1.", key): value for key, value in state.items()}
 
 
-def build_classifier(state: dict[str, torch.Tensor], path: Path) -> MLPClassifier:
+def build_classifier(state: dict[str, torch.Tensor], path: Path, bn_eps: float = 1e-5) -> MLPClassifier:
     state = _normalise_state(state)
     input_dim, hidden_dim, num_class = _layer_sizes(state, path)
-    model = MLPClassifier(input_dim, hidden_dim, num_class)
+    model = MLPClassifier(input_dim, hidden_dim, num_class, bn_eps)
     expected = set(model.state_dict())
     missing = sorted(expected - set(state) - {"bn1.num_batches_tracked"})
     unexpected = sorted(set(state) - expected)
@@ -110,8 +110,11 @@ def build_classifier(state: dict[str, torch.Tensor], path: Path) -> MLPClassifie
     return model.eval()
 
 
-def read_pickled_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """State dict of a published `.pth` (a whole pickled module, or a plain state dict), loaded restrictedly."""
+def read_pickled_state(path: str | Path) -> tuple[dict[str, torch.Tensor], float]:
+    """(state dict, BatchNorm eps) of a published `.pth` (a whole pickled module, or a plain state dict).
+
+    The eps is not part of a state dict: a pickled module carries it, a plain state dict gets PyTorch's default.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: classifier file not found")
@@ -129,9 +132,11 @@ def read_pickled_state(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ModelError(f"{path}: unreadable classifier checkpoint: {str(err).splitlines()[0]}") from err
     if isinstance(loaded, nn.Module):
-        return {key: value.detach() for key, value in loaded.state_dict().items()}
+        norm = getattr(loaded, "bn1", None) or getattr(loaded, "batch_norm", None)
+        eps = float(norm.eps) if isinstance(norm, nn.BatchNorm1d) else 1e-5
+        return {key: value.detach() for key, value in loaded.state_dict().items()}, eps
     if isinstance(loaded, dict) and all(isinstance(value, torch.Tensor) for value in loaded.values()):
-        return dict(loaded)
+        return dict(loaded), 1e-5
     raise ModelError(f"{path}: holds a {type(loaded).__name__}, expected a pickled MLPClassifier or a state dict")
 
 
@@ -162,13 +167,14 @@ def load_classifier(path: str | Path, *, classifier_chunk_length: int | None = N
         if classifier_chunk_length is not None and classifier_chunk_length != chunk_length:
             raise ModelError(f"{path}: metadata says chunk length {chunk_length}, but "
                              f"--classifier-chunk-length {classifier_chunk_length} was given")
-        model = build_classifier(state, path)
+        model = build_classifier(state, path, float(metadata.get("bn_eps", 1e-5)))
         return LoadedClassifier(model, chunk_length, model.hidden_layer.in_features, "safetensors")
     chunk_length = classifier_chunk_length or chunk_length_from_name(path)
     if chunk_length is None:
         raise ModelError(f"{path}: cannot tell which chunk length this classifier was trained for; name it "
                          "300_model.pth / 500_model.pth as published, or pass --classifier-chunk-length")
-    model = build_classifier(read_pickled_state(path), path)
+    state, bn_eps = read_pickled_state(path)
+    model = build_classifier(state, path, bn_eps)
     return LoadedClassifier(model, chunk_length, model.hidden_layer.in_features, "pickle")
 
 
@@ -188,6 +194,7 @@ def save_classifier(model: MLPClassifier, chunk_length: int, output: str | Path,
         "input_dim": str(model.hidden_layer.in_features),
         "hidden_dim": str(model.hidden_layer.out_features),
         "num_class": str(model.output_layer.out_features),
+        "bn_eps": repr(model.bn1.eps),
         "class_names": ",".join(CLASS_NAMES),
         "source": source,
     }
