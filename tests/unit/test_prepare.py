@@ -170,3 +170,22 @@ def test_one_megabase_contig_with_explicit_unreported_path(tmp_path):
     chunk_rows = frames.unique("chunk_index", keep="first").sort("chunk_index")
     assert all(bounds[k - 1] == (s, e) for k, s, e in chunk_rows.iter_rows())
     assert unreported.exists()
+
+
+def test_buffered_records_are_bounded_by_nucleotides(tmp_path):
+    """Long contigs must not pile up in the id-check buffer: it is flushed by size, not only by record count."""
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    contig = random_dna(rng, 200_000)
+    path = tmp_path / "contigs.fa"
+    with open(path, "w") as handle:
+        for i in range(60):  # 12 Mbp in all
+            handle.write(f">c{i}\n{contig}\n")
+    tracemalloc.start()
+    stats = prepare(path, tmp_path / "f.parquet", chunk_length=500, batch_nucleotides=400_000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert stats.sequences == 60
+    # Measured: about 14 MB with a size-bounded buffer, 25 MB when all 60 contigs (12 MB of str) are buffered.
+    assert peak < 18_000_000

@@ -197,8 +197,9 @@ def _run(input_path: Path, chunk_length: int, chunking: ChunkingMode, rename_dup
     unreported_rows: list[tuple] = []
     records_batch = []
     # Ids are checked for duplicates a few thousand records at a time (vectorised hashing), before any chunk of
-    # those records is translated.
+    # those records is translated; the buffer is bounded by nucleotides too, so long contigs do not pile up.
     id_batch_size = 4096
+    buffered_nucleotides = 0
 
     def flush_chunks() -> None:
         nonlocal batch
@@ -235,8 +236,10 @@ def _run(input_path: Path, chunk_length: int, chunking: ChunkingMode, rename_dup
 
     for record in read_fasta(input_path):
         records_batch.append(record)
-        if len(records_batch) >= id_batch_size:
+        buffered_nucleotides += len(record.sequence)
+        if len(records_batch) >= id_batch_size or buffered_nucleotides >= batch_nucleotides:
             process_records()
+            buffered_nucleotides = 0
     if records_batch:
         process_records()
     flush_chunks()
