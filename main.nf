@@ -8,7 +8,7 @@
 nextflow.enable.dsl = 2
 
 include { VIRNUCPRO } from './workflows/virnucpro'
-include { validateParameters; validateInputFasta; logCompletion } from './subworkflows/local/utils_virnucpro/main'
+include { validateParameters; validateInputFasta; validateModelParameters; logCompletion } from './subworkflows/local/utils_virnucpro/main'
 
 workflow {
     if (params.help) {
@@ -19,6 +19,7 @@ workflow {
         validateParameters(params, "${projectDir}/nextflow_schema.json")
     }
     validateInputFasta(params.input as String)
+    validateModelParameters(params)
 
     def input = file(params.input, checkIfExists: true)
     def sample = input.name.replaceAll(/\.gz$/, '').replaceAll(/\.(fa|fasta|fna|fas|ffn|seq)$/, '')

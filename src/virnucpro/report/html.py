@@ -127,10 +127,11 @@ def make_figures(data: dict[str, Any]) -> dict[str, str]:
         figures["Unreported chunks"] = _png(fig)
         plt.close(fig)
 
-    passes = data["embedding_passes"]
+    # A resumed task whose checkpoints were already complete embeds nothing: no throughput to plot.
+    passes = [p for p in data["embedding_passes"] if p.get("tokens")]
     if passes:
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
-        labels = [f"{p['kind']}\n{p['shard']}:{p.get('device', '')}" for p in passes]
+        labels = [f"{p['kind']}\n{p['shard'].rsplit('.', 1)[-1]}\n{p.get('device', '')}" for p in passes]
         left.bar(range(len(passes)), [p.get("tokens_per_s", 0) for p in passes], color="#2980b9")
         left.set_xticks(range(len(passes)), labels, fontsize=7)
         left.set_ylabel("tokens / s")

@@ -67,6 +67,8 @@ def validateParameters(Map parameters, String schemaPath) {
                     problems << "--${canonical} needs a value"
                 break
         }
+        if (spec.pattern && !(value instanceof Boolean) && !(value.toString() ==~ spec.pattern))
+            problems << "--${canonical} '${value}' does not match ${spec.pattern}"
         if (spec.enum && !(value.toString() in spec.enum.collect { it.toString() }))
             problems << "--${canonical} must be one of ${spec.enum.join(', ')}, got '${value}'"
     }
@@ -116,6 +118,21 @@ def validateInputFasta(String input) {
         }
     } finally {
         stream.close()
+    }
+}
+
+/*
+ * Real runs need the three model files; the test profile builds tiny ones instead.
+ */
+def validateModelParameters(Map parameters) {
+    if (parameters.tiny_models) return
+    def missing = ['esm_model', 'dnabert_model', 'classifier'].findAll { !parameters[it] }
+    if (missing) {
+        error("Missing model parameters: " + missing.collect { "--${it}" }.join(', ') +
+              " (local paths; see docs/usage.md, or -profile test for tiny demo models)")
+    }
+    ['esm_model', 'dnabert_model', 'classifier'].each { name ->
+        if (!new File(parameters[name] as String).exists()) error("--${name} not found: ${parameters[name]}")
     }
 }
 
