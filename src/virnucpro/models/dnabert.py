@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -376,10 +377,11 @@ def load_dnabert_tokenizer(model_dir: str | Path) -> DNABERTTokenizer:
 
 def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cpu",
                          dtype: torch.dtype = torch.float32, backend: str = "auto",
-                         compile: bool = False) -> DNABERTEncoder:
-    """compile: torch.compile each layer's gated MLP (dynamic shapes; one graph shared by all layers), fusing
+                         compile: bool | None = None) -> DNABERTEncoder:
+    """compile: torch.compile each layer's gated MLP (symbolic lengths; one graph shared by all layers), fusing
     GELU * gate, the residual add and the LayerNorm around the two matmuls: fewer passes over the [T, 2 * FFN]
-    intermediate. Off by default; bench/bench_dnabert.py measures both."""
+    intermediate. None (default) = on CUDA unless VIRNUCPRO_NO_COMPILE=1, as the ESM-2 model does; never on CPU,
+    where compiling costs more than it saves. bench/bench_dnabert.py measures both."""
     model_dir = Path(model_dir)
     config = DNABERTConfig.from_json(model_dir / "config.json")
     path = weights_file(model_dir)
@@ -396,6 +398,8 @@ def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cp
     digest = fingerprint(config, state)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     model.to_runtime(device, dtype).eval().requires_grad_(False)
+    if compile is None:
+        compile = device.type == "cuda" and os.environ.get("VIRNUCPRO_NO_COMPILE") != "1"
     if compile:
         for layer in model.layers:
             layer.mlp.compile(dynamic=True)
