@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import random
 import shutil
 
@@ -71,6 +72,8 @@ def test_tokenizer_vocabulary_and_unknowns(tiny):
     assert tok.encode("LAC") == [0, 4, 5, 23, 2]
     assert tok.encode("J*a") == [0, 3, 3, 3, 2]  # unknown residues -> <unk>
     assert tok.max_tokens == 1026
+    clone = pickle.loads(pickle.dumps(tok))  # crosses into spawned DataLoader workers
+    assert clone.encode("MKV*") == tok.encode("MKV*")
 
 
 def test_tokenizer_reads_vocab_txt(tmp_path, tiny):
@@ -312,3 +315,22 @@ def test_random_build_is_seeded():
     a, b = build_esm2(cfg), build_esm2(cfg)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.slow
+def test_compiled_qkv_rotary_matches_eager():
+    """The fused path CUDA runs (torch.compile, symbolic lengths), checked on CPU's inductor backend."""
+    from virnucpro.models.esm2 import split_qkv_rotary
+
+    compiled = torch.compile(split_qkv_rotary, dynamic=True)
+    model = ESM2(ESM2Config(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=64))
+    for total in (300, 77):
+        qkv = torch.randn(total, 3, 4, 16)
+        freqs = torch.arange(total, dtype=torch.float32)[:, None] * model.inv_freq[None]
+        emb = torch.cat((freqs, freqs), -1)[:, None]
+        with torch.inference_mode():
+            got = compiled(qkv, emb.cos(), emb.sin())
+            want = split_qkv_rotary(qkv, emb.cos(), emb.sin())
+        for g, w in zip(got, want):
+            assert g.is_contiguous()
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)

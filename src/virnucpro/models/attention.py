@@ -227,6 +227,12 @@ def _flex_fn(compiled: bool, dynamic: bool | None = None) -> Callable:
 
     if not compiled:
         return flex_attention
+    # Every (dtype, head_dim, score_mod or not) combination is its own compiled graph of this one function, twice
+    # with automatic dynamic shapes; dynamo's default limit (8) would silently drop a test run or a multi-model
+    # process to the unfused eager path.
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     return torch.compile(flex_attention, dynamic=dynamic)
 
 

@@ -207,6 +207,9 @@ def _split_qkv_rotary_fn(device_type: str):
     # fp32 math in registers. Symbolic lengths: packs differ in size every call. VIRNUCPRO_NO_COMPILE=1 opts out.
     if device_type != "cuda" or os.environ.get("VIRNUCPRO_NO_COMPILE") == "1":
         return split_qkv_rotary
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)  # one graph per dtype x head shape
     return torch.compile(split_qkv_rotary, dynamic=True)
 
 
@@ -313,13 +316,21 @@ class ESM2Encoder:
         self.fingerprint = fingerprint
         self.source = source
 
+    def _inputs(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # No-ops when the engine already placed the pack (the usual case); a convenience for everyone else.
+        return (input_ids.to(self.device, torch.int64, non_blocking=True),
+                cu_seqlens.to(self.device, torch.int32, non_blocking=True))
+
     @torch.inference_mode()
     def forward_hidden(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-        return self.model(input_ids, cu_seqlens, max_seqlen, backend=self.backend)
+        """Last hidden state [T, hidden] of a pack (model dtype)."""
+        input_ids, cu_seqlens = self._inputs(input_ids, cu_seqlens)
+        return self.model(input_ids, cu_seqlens, int(max_seqlen), backend=self.backend)
 
     @torch.inference_mode()
     def embed_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-        hidden = self.model(input_ids, cu_seqlens, max_seqlen, backend=self.backend)
+        input_ids, cu_seqlens = self._inputs(input_ids, cu_seqlens)
+        hidden = self.model(input_ids, cu_seqlens, int(max_seqlen), backend=self.backend)
         return mean_pool_residues(hidden, cu_seqlens)
 
 
