@@ -13,7 +13,7 @@ Both sides get their inputs already on the device (model throughput, not input p
 pass (torch.compile / autotuning), then --repeats timed passes; the best pass counts. Tokens/s counts real tokens
 only ([CLS]/[SEP] included, padding never). The embeddings of both sides are compared (cosine) as a sanity check.
 
-GPU (the lead runs this on the H200):
+GPU (the lead runs this on the H200; about 2-3 minutes with the compiles, results written after each workload):
     python bench/bench_dnabert.py --device cuda --output bench/results/dnabert-h200-$(date -u +%Y%m%d).json
 CPU smoke check (tiny model, a few hundred sequences; checks the script, measures nothing useful):
     python bench/bench_dnabert.py --device cpu --smoke --output /tmp/dnabert-smoke.json
@@ -218,8 +218,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=("both", "on", "off"), default=None,
                         help="time each backend with the compiled gated MLP, without, or both "
                              "(default: both on CUDA, off on CPU)")
-    parser.add_argument("--reads", type=int, default=100_000, help="number of 150-nt reads")
-    parser.add_argument("--wide", type=int, default=10_000, help="number of 100..3000-nt sequences")
+    parser.add_argument("--reads", type=int, default=50_000, help="number of 150-nt reads (~2M tokens)")
+    parser.add_argument("--wide", type=int, default=5_000, help="number of 100..3000-nt sequences (~2M tokens)")
     parser.add_argument("--budget", type=int, default=65_536, help="tokens per pack / padded tokens per batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -319,11 +319,10 @@ def main() -> None:
         result["workloads"][name] = entry
         if device.type == "cuda":
             torch.cuda.empty_cache()
-
-    if device.type == "cuda":
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+            result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        # Written after every workload: a run cut short by a time limit still leaves what it measured.
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")
 
 
