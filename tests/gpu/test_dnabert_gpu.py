@@ -85,6 +85,19 @@ def report(entry: dict) -> None:
         handle.write(json.dumps(entry) + "\n")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def roomy_recompile_limit():
+    """This module compiles FlexAttention (ALiBi score_mod) and the gated MLP for three dtypes, after the ESM-2 GPU
+    tests compiled theirs in the same process: past torch's 8 entries per function Dynamo would quietly fall back to
+    eager FlexAttention (a full T x T score matrix). A production run uses one dtype and stays far below."""
+    import torch._dynamo.config as dynamo_config
+
+    previous = dynamo_config.recompile_limit
+    dynamo_config.recompile_limit = max(previous, 64)
+    yield
+    dynamo_config.recompile_limit = previous
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     require_cuda()
