@@ -213,12 +213,12 @@ def _cached_document_mask(cu_seqlens: torch.Tensor, total_tokens: int):
     return value
 
 
-# How FlexAttention is compiled on GPU. None = torch.compile's automatic dynamic shapes: the first pack length
-# compiles a static kernel, the first different length recompiles once with a symbolic length, later packs reuse
-# it (pack lengths change on every call, so a purely static compile would recompile per length and, past dynamo's
-# recompile limit, fall back to the unfused eager path). Inductor's CPU flex template fails to build with symbolic
-# lengths in torch 2.11, hence the static compile in the CPU test.
-FLEX_DYNAMIC: bool | None = None
+# How FlexAttention is compiled on GPU. Pack lengths change on every call, so the kernel is compiled once with a
+# symbolic length (dynamic=True); a static compile would recompile per length. VIRNUCPRO_FLEX_DYNAMIC=auto leaves
+# it to torch.compile's automatic dynamic shapes (static first, symbolic from the second length: one compile more),
+# =0 forces static shapes. (Inductor's CPU flex template fails to build with symbolic lengths in torch 2.11, hence
+# the static compile in the CPU test.)
+FLEX_DYNAMIC: bool | None = {"auto": None, "0": False}.get(os.environ.get("VIRNUCPRO_FLEX_DYNAMIC", "1"), True)
 
 
 @functools.cache
