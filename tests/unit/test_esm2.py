@@ -326,7 +326,7 @@ def test_compiled_qkv_rotary_matches_eager():
     model = ESM2(ESM2Config(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=64))
     for total in (300, 77):
         qkv = torch.randn(total, 3, 4, 16)
-        freqs = torch.arange(total, dtype=torch.float32)[:, None] * model.inv_freq[None]
+        freqs = torch.arange(total, dtype=torch.float32)[:, None] * model.rope_inv_freq()[None]
         emb = torch.cat((freqs, freqs), -1)[:, None]
         with torch.inference_mode():
             got = compiled(qkv, emb.cos(), emb.sin())

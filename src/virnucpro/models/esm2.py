@@ -260,9 +260,10 @@ class ESM2(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.register_buffer("inv_freq", self.rope_inv_freq(), persistent=False)
 
     def rope_inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        # Recomputed per forward (3 tiny kernels) rather than kept as a buffer: `model.half()` would round a
+        # buffer to fp16 and shift every rotary angle.
         d = self.config.head_dim
         return 1.0 / (self.config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
 
@@ -274,7 +275,7 @@ class ESM2(nn.Module):
         x = self.embed_tokens(input_ids)
         if self.config.token_dropout:
             x = x * (1.0 - MASK_RATIO_TRAIN)
-        freqs = position_ids.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        freqs = position_ids.to(torch.float32)[:, None] * self.rope_inv_freq(input_ids.device)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, head_dim]
         cos, sin = emb.cos(), emb.sin()
         for layer in self.layers:
@@ -541,7 +542,6 @@ def build_esm2(cfg: ESM2Config, state_dict: dict[str, torch.Tensor] | None = Non
     # assign=True adopts the loaded tensors instead of copying into a random init: no 3B-parameter init pass.
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}, strict=False,
                           assign=True)
-    model.inv_freq = model.rope_inv_freq(device)
     return model.eval()
 
 
@@ -587,7 +587,7 @@ def to_hf_state_dict(model: ESM2) -> dict[str, torch.Tensor]:
         for name, t in zip(sources, chunks):
             out["esm." + name] = t.detach().clone().contiguous()
     for i in range(cfg.num_layers):
-        out[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = model.inv_freq.detach().clone()
+        out[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = model.rope_inv_freq()
     gen = torch.Generator().manual_seed(1)
     d, v = cfg.hidden_size, cfg.vocab_size
     out["esm.contact_head.regression.weight"] = torch.randn(1, cfg.num_layers * cfg.num_heads, generator=gen)
@@ -611,7 +611,7 @@ def to_fair_state_dict(model: ESM2) -> dict[str, torch.Tensor]:
         for name, t in zip(sources, sd[ours].chunk(len(sources), 0)):
             out["encoder.sentence_encoder." + name] = t.detach().clone().contiguous()
     for i in range(cfg.num_layers):
-        out[f"encoder.sentence_encoder.layers.{i}.self_attn.rot_emb.inv_freq"] = model.inv_freq.detach().clone()
+        out[f"encoder.sentence_encoder.layers.{i}.self_attn.rot_emb.inv_freq"] = model.rope_inv_freq()
     d, v = cfg.hidden_size, cfg.vocab_size
     out["encoder.lm_head.weight"] = out["encoder.sentence_encoder.embed_tokens.weight"].clone()
     out["encoder.lm_head.bias"] = torch.zeros(v)
