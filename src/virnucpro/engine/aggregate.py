@@ -64,6 +64,8 @@ def aggregate_checkpoints(frames: str | Path, sources: list[str | Path], output:
                    for kind in KINDS},
         "frames": str(frames),
     }
+    for stale in Path(output).glob(".*.tmp-*") if Path(output).is_dir() else ():
+        stale.unlink(missing_ok=True)  # arrays of an aggregation that was killed: never renamed, never sealed
     writer = features_writer(output, total, dims["dnabert"], dims["esm2"], metadata=metadata)
     for kind in KINDS:
         seen = np.zeros(total, dtype=bool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def assert_cpu_only_worker() -> None:
         raise WorkerCudaError(f"worker {os.getpid()}: CUDA is initialised in a DataLoader worker")
 
 
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
 def worker_init(worker_id: int) -> None:
     # Before anything can touch torch.cuda: with no visible device, even an accidental call cannot create a context.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -42,6 +50,9 @@ def worker_init(worker_id: int) -> None:
     # Workers exit on their own when the main process goes away (DataLoader's parent watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A SIGKILLed parent leaves its workers blocked forever on a full result pipe (their exit joins the queue's
+    # feeder thread); the DataLoader's own watchdog never gets to run. Leave as soon as the parent is gone.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     torch.set_num_threads(1)
     assert_cpu_only_worker()
 
@@ -57,10 +68,20 @@ def _column(frames_path: str, column: str):
 
 
 def _guard() -> dict:
-    if get_worker_info() is None:
-        return {"worker_pid": os.getpid(), "in_worker": False}
-    assert_cpu_only_worker()
-    return {"worker_pid": os.getpid(), "in_worker": True}
+    """Checked on every item a worker produces; the facts travel with the item so tests can see them."""
+    in_worker = get_worker_info() is not None
+    if in_worker:
+        assert_cpu_only_worker()
+    return {"worker_pid": os.getpid(), "in_worker": in_worker,
+            "worker_cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "worker_cuda_initialized": torch.cuda.is_initialized()}
+
+
+def _encode_all(tokenizer, sequences: list[str]) -> list[list[int]]:
+    # A tokenizer may offer a batch call (the Rust BPE of DNABERT-S: one call instead of thousands); the protocol
+    # only promises `encode`, which must give the same ids.
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(sequences) if batch is not None else [tokenizer.encode(s) for s in sequences]
 
 
 class LengthDataset(Dataset):
@@ -78,7 +99,8 @@ class LengthDataset(Dataset):
         out = {"block": k}
         for kind, tokenizer in self.tokenizers.items():
             sequences = _column(self.frames_path, COLUMNS[kind]).take(rows).to_pylist()
-            out[kind] = np.fromiter((len(tokenizer.encode(s)) for s in sequences), dtype=np.int32, count=len(rows))
+            out[kind] = np.fromiter((len(e) for e in _encode_all(tokenizer, sequences)), dtype=np.int32,
+                                    count=len(rows))
         out.update(guard)
         return out
 
@@ -99,7 +121,7 @@ class PackDataset(Dataset):
         guard = _guard()
         rows = self.packs[k]
         sequences = _column(self.frames_path, COLUMNS[self.kind]).take(rows).to_pylist()
-        encoded = [self.tokenizer.encode(s) for s in sequences]
+        encoded = _encode_all(self.tokenizer, sequences)
         lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
         cu = np.zeros(len(encoded) + 1, dtype=np.int32)
         np.cumsum(lengths, out=cu[1:])

@@ -91,6 +91,9 @@ class _Writer(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(maxsize=NUM_BUFFERS)
         self.sink, self.stats, self.free, self.progress = sink, stats, free, progress
         self.error: BaseException | None = None
+        self.base = None  # CUDA event recorded at pass start: the origin of the event timeline
+        self._first_c0: float | None = None
+        self._prev: tuple[float, float, float, float] | None = None  # previous pack's compute and D2H intervals
 
     def run(self) -> None:
         while (item := self.inbox.get()) is not None:
@@ -116,16 +119,30 @@ class _Writer(threading.Thread):
             self.free.put(item.output)
             item.output = None
 
+    def _timeline(self, h0: float, h1: float, c0: float, c1: float, d0: float, d1: float) -> None:
+        """Stage times and overlaps from one pack's events, all on the pass's common timeline (seconds)."""
+        stats = self.stats
+        stats.h2d_s += h1 - h0
+        stats.compute_s += c1 - c0
+        stats.d2h_s += d1 - d0
+        if self._first_c0 is None:
+            self._first_c0 = c0
+        if self._prev is not None:
+            prev_c0, prev_c1, prev_d0, prev_d1 = self._prev
+            stats.h2d_overlap_s += max(0.0, min(h1, prev_c1) - max(h0, prev_c0))
+            stats.d2h_overlap_s += max(0.0, min(prev_d1, c1) - max(prev_d0, c0))
+        self._prev = (c0, c1, d0, d1)
+        stats.compute_span_s = c1 - self._first_c0
+        if stats.compute_span_s > 0:
+            stats.compute_stream_busy = stats.compute_s / stats.compute_span_s
+
     def _handle(self, item: _InFlight) -> None:
         start = time.perf_counter()
         if item.events is not None:
-            h2d0, h2d1, c0, c1, d0, d1 = item.events
-            d1.synchronize()  # this pack's copy only; the GPU keeps working on the next packs
+            item.events[5].synchronize()  # this pack's D2H only; the GPU keeps working on the next packs
             emb = item.output[: item.count].numpy().copy()
             self._release(item)
-            self.stats.h2d_s += h2d0.elapsed_time(h2d1) / 1e3
-            self.stats.compute_s += c0.elapsed_time(c1) / 1e3
-            self.stats.d2h_s += d0.elapsed_time(d1) / 1e3
+            self._timeline(*(self.base.elapsed_time(e) / 1e3 for e in item.events))
         else:
             emb = item.output.numpy()
             self.stats.compute_s += item.compute_s
@@ -149,6 +166,9 @@ def run_pass(encoder, batches: Iterable[dict], sink: PartSink, stats: PassStats,
                                  pin_memory=True))
         copy_stream, compute_stream, d2h_stream = (torch.cuda.Stream(device) for _ in range(3))
     writer = _Writer(sink, stats, free, progress)
+    if cuda:
+        writer.base = torch.cuda.Event(enable_timing=True)
+        writer.base.record()
     writer.start()
     sampler = GpuBusySampler(device).start()
     start = time.perf_counter()

@@ -38,12 +38,13 @@ from virnucpro.engine.models import open_encoder, open_tokenizer
 from virnucpro.engine.pipeline import PartSink, run_pass
 from virnucpro.engine.telemetry import PassStats, RunTelemetry
 from virnucpro.engine.worklist import KINDS, WorkList, load_worklist, sorted_order, stride_shard
-from virnucpro.errors import CheckpointError, InputError, VirNucProError
+from virnucpro.errors import InputError, VirNucProError
 
 log = logging.getLogger("virnucpro.engine")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 EXIT_SIGTERM, EXIT_SIGINT = 143, 130
+LENGTH_PASS_MIN_ROWS = 50_000
 
 
 class Interrupted(VirNucProError):
@@ -145,7 +146,9 @@ def token_lengths(cfg: EmbedConfig, worklist: WorkList, ckpt: CheckpointDir) -> 
     tokenizers = {kind: open_tokenizer(kind, cfg.models[kind]) for kind in KINDS}
     dataset = LengthDataset(worklist.frames_path, worklist.rows, tokenizers)
     lengths = {kind: np.zeros(len(worklist.rows), dtype=np.int32) for kind in KINDS}
-    for item in make_loader(dataset, workers=cfg.workers, pin_memory=False, prefetch_factor=cfg.prefetch_factor):
+    # Starting spawned workers costs seconds (each imports torch): small work lists are tokenized in-process.
+    workers = cfg.workers if len(worklist.rows) >= LENGTH_PASS_MIN_ROWS else 0
+    for item in make_loader(dataset, workers=workers, pin_memory=False, prefetch_factor=cfg.prefetch_factor):
         start = item["block"] * dataset.block
         for kind in KINDS:
             lengths[kind][start : start + len(item[kind])] = item[kind]
@@ -187,14 +190,17 @@ def run_rank(job: RankJob, report, stop: threading.Event) -> list[dict]:
         by_row[job.rows] = job.lengths[kind]
         mine = stride_shard(sorted_order(job.rows, job.lengths[kind]), job.rank, job.world)
         done = job.done[kind]
-        if done[mine].all():
-            stats.skipped_packs = -1  # nothing to do: the model is not even loaded
-            summaries.append(stats.summary())
-            continue
         tokenizer = open_tokenizer(kind, cfg.models[kind])
+        # Loaded even when every row is done: the fingerprint check must refuse a changed model on any rerun.
         encoder = open_encoder(kind, cfg.models[kind], device=device, dtype=DTYPES[job.dtype], backend=cfg.backend)
         ckpt.register_model(kind, {"fingerprint": encoder.fingerprint, "hidden_size": encoder.hidden_size,
                                    "model": str(cfg.models[kind])})
+        if done[mine].all():
+            log.info("event=pass_start kind=%s rank=%d device=%s todo=0 (every row already checkpointed)", kind,
+                     job.rank, device)
+            summaries.append(stats.summary())
+            del encoder
+            continue
         stored = ckpt.stored_plan(kind, job.rank)
         if stored and stored.get("world") == job.world and cfg.token_budget in (None, stored["budget"]):
             # Same budget as the interrupted run: same packs, so finished packs are skipped whole and the resumed
@@ -297,8 +303,11 @@ def _finished_output(cfg: EmbedConfig, worklist: WorkList) -> bool:
         manifest = read_manifest(cfg.output, fmt=FEATURES_FORMAT)
     except InputError:
         return False
-    return manifest.get("metadata", {}).get("worklist_fingerprint") == worklist.fingerprint and \
-        not cfg.ckpt_path.exists()
+    metadata = manifest.get("metadata", {})
+    same_models = all(metadata.get("models", {}).get(kind, {}).get("source") == str(cfg.models[kind])
+                      for kind in KINDS)
+    return metadata.get("worklist_fingerprint") == worklist.fingerprint and same_models and \
+        metadata.get("dtype") == resolve_dtype(cfg.dtype, parse_devices(cfg.devices)) and not cfg.ckpt_path.exists()
 
 
 def embed_frames(cfg: EmbedConfig) -> dict:
@@ -317,6 +326,8 @@ def embed_frames(cfg: EmbedConfig) -> dict:
     if not cfg.overwrite and _finished_output(cfg, worklist):
         log.info("event=already_complete output=%s", cfg.output)
         return telemetry.to_json() | {"already_complete": True}
+    for stale in cfg.ckpt_path.parent.glob(f".{cfg.ckpt_path.name}.removing-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a finished run killed while deleting its checkpoint
     ckpt = CheckpointDir(cfg.ckpt_path)
     identity = {"worklist_fingerprint": worklist.fingerprint, "frames": worklist.total, "dtype": dtype,
                 "shard": list(cfg.shard) if cfg.shard else None}
@@ -358,7 +369,11 @@ def embed_frames(cfg: EmbedConfig) -> dict:
     finally:
         ckpt.unlock()
     if cfg.shard is None and not cfg.keep_checkpoint:
-        shutil.rmtree(ckpt.path, ignore_errors=True)
+        # Rename first (atomic), then delete: a kill in the middle never leaves a half-deleted checkpoint that a
+        # rerun would take for a foreign directory.
+        trash = ckpt.path.with_name(f".{ckpt.path.name}.removing-{os.getpid()}")
+        os.replace(ckpt.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     telemetry.wall_s = time.perf_counter() - wall
     return telemetry.to_json()
 

@@ -40,6 +40,12 @@ class PassStats:
     checkpoint_s: float = 0.0  # of which writing checkpoint parts
     checkpoint_parts: int = 0
     max_pack_sequences: int = 0
+    # CUDA event timeline (no NVML needed): compute-stream occupancy from its first to its last kernel of the pass,
+    # and how much copy time ran concurrently with compute (H2D of pack N+1 / D2H of pack N-1 during pack N).
+    compute_stream_busy: float | None = None
+    compute_span_s: float = 0.0
+    h2d_overlap_s: float = 0.0
+    d2h_overlap_s: float = 0.0
     gpu_busy: float | None = None
     gpu_busy_source: str | None = None
     gpu_busy_samples: int = 0
@@ -146,7 +152,12 @@ class RunTelemetry:
         per_kind: dict[str, dict] = {}
         for p in self.passes:
             k = per_kind.setdefault(p["kind"], {"sequences": 0, "tokens": 0, "wall_s": 0.0, "packs": 0,
-                                                "capacity": 0, "gpu_busy": []})
+                                                "capacity": 0, "gpu_busy": [], "stream_busy": [], "h2d_s": 0.0,
+                                                "h2d_overlap_s": 0.0})
+            k["h2d_s"] += p["h2d_s"]
+            k["h2d_overlap_s"] += p["h2d_overlap_s"]
+            if p["compute_stream_busy"] is not None:
+                k["stream_busy"].append(p["compute_stream_busy"])
             k["sequences"] += p["sequences"]
             k["tokens"] += p["tokens"]
             k["packs"] += p["packs"]
@@ -161,6 +172,10 @@ class RunTelemetry:
             k["packing_efficiency"] = k["tokens"] / k["capacity"] if k["capacity"] else None
             busy = k.pop("gpu_busy")
             k["gpu_busy"] = sum(busy) / len(busy) if busy else None
+            stream = k.pop("stream_busy")
+            k["compute_stream_busy"] = sum(stream) / len(stream) if stream else None
+            h2d, overlap = k.pop("h2d_s"), k.pop("h2d_overlap_s")
+            k["h2d_overlap_fraction"] = overlap / h2d if h2d > 0 else None
             k.pop("capacity")
         out["per_model"] = per_kind
         return out
