@@ -3,7 +3,7 @@
 length-sorted batches), same random weights, same proteins, same run.
 
 On the H200 (ESM-2 3B-shaped, fp16; takes a few minutes, most of it building and warming the models):
-    python bench/bench_esm2.py --device cuda --dtype fp16 --preset esm2_t36_3B
+    python bench/bench_esm2.py --device cuda --dtype fp16 --preset esm2_t36_3B --compile-blocks
 CPU plumbing check (tiny model, seconds):
     python bench/bench_esm2.py --device cpu --smoke
 
@@ -69,8 +69,8 @@ def time_passes(run, device: torch.device, repeats: int) -> list[float]:
     return times
 
 
-def bench_packed(model, backend: str, tokens, budget: int, device, repeats: int):
-    encoder = ESM2Encoder(model, backend=backend)
+def bench_packed(model, backend: str, tokens, budget: int, device, repeats: int, compile_blocks: bool = False):
+    encoder = ESM2Encoder(model, backend=backend, compile_blocks=compile_blocks)
     lengths = [len(t) for t in tokens]
     groups = plan_packs(lengths, budget)
     packs = [pack_token_ids([tokens[i] for i in g]).to(device) for g in groups]
@@ -88,7 +88,7 @@ def bench_packed(model, backend: str, tokens, budget: int, device, repeats: int)
     for g, out in outputs.values():
         emb[g] = out.float().cpu()
     real = sum(lengths)
-    return {"backend": encoder.backend, "tokens_per_s": real / statistics.median(times),
+    return {"backend": encoder.backend, "compiled_blocks": encoder.compiled_blocks, "tokens_per_s": real / statistics.median(times),
             "seconds_median": statistics.median(times), "seconds_all": [round(t, 4) for t in times],
             "packs": len(packs), "token_budget": budget,
             "packing_efficiency": real / (budget * len(packs))}, emb
@@ -172,6 +172,9 @@ def main() -> int:
     ap.add_argument("--backends", nargs="*", default=None, help="default: every backend available here")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--compile-blocks", action="store_true",
+                    help="also measure flash_attn/torch_varlen with torch.compile'd blocks (run last: compiling "
+                         "modifies the model's layers in place)")
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
 
@@ -197,11 +200,15 @@ def main() -> int:
     model = build_esm2(cfg, None, device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     results, embeddings = {}, {}
-    for backend in backends:
-        print(f"[bench] ours/{backend} ...", file=sys.stderr, flush=True)
-        results[backend], embeddings[backend] = bench_packed(model, backend, tokens, args.token_budget, device,
-                                                            args.repeats)
-        print(f"[bench] ours/{backend}: {results[backend]['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
+    variants = [(b, False) for b in backends]
+    if args.compile_blocks:
+        variants += [(b, True) for b in backends if b in ("flash_attn", "torch_varlen")]
+    for backend, compiled in variants:
+        name = backend + ("+compiled" if compiled else "")
+        print(f"[bench] ours/{name} ...", file=sys.stderr, flush=True)
+        results[name], embeddings[name] = bench_packed(model, backend, tokens, args.token_budget, device,
+                                                       args.repeats, compile_blocks=compiled)
+        print(f"[bench] ours/{name}: {results[name]['tokens_per_s']:,.0f} tokens/s", file=sys.stderr)
     baseline = None
     agreement = {}
     if not args.no_baseline:

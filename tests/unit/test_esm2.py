@@ -334,3 +334,18 @@ def test_compiled_qkv_rotary_matches_eager():
         for g, w in zip(got, want):
             assert g.is_contiguous()
             torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager(tiny, proteins):
+    """The opt-in compiled-block path (VIRNUCPRO_COMPILE_BLOCKS on CUDA), here on CPU with symbolic lengths."""
+    from virnucpro.models.esm2 import ESM2Encoder, load_esm2_checkpoint
+
+    hf, _ = tiny
+    tok = load_tokenizer("esm2", hf)
+    cfg, state, _, _ = load_esm2_checkpoint(hf)
+    eager = ESM2Encoder(build_esm2(cfg, state), backend="sdpa")
+    compiled = ESM2Encoder(build_esm2(cfg, state), backend="sdpa", compile_blocks=True)
+    assert compiled.compiled_blocks and not eager.compiled_blocks
+    for seqs in (proteins[2:4], proteins[5:7]):  # two pack lengths: the second reuses the symbolic graph
+        torch.testing.assert_close(embed(compiled, tok, seqs), embed(eager, tok, seqs), atol=1e-5, rtol=1e-5)

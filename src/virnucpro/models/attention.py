@@ -285,6 +285,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                      scale: float | None = None) -> torch.Tensor:
     """Packed attention; see the module docstring for shapes. Returns [total_tokens, heads, head_dim]."""
     name = resolve_backend(backend, device=q.device, dtype=q.dtype, alibi=alibi_slopes is not None)
+    return run_backend(name, q, k, v, cu_seqlens, max_seqlen, alibi_slopes=alibi_slopes, scale=scale)
+
+
+def run_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                max_seqlen: int, *, alibi_slopes: torch.Tensor | None = None,
+                scale: float | None = None) -> torch.Tensor:
+    """`varlen_attention` for an already resolved backend name: no availability checks, so a model that resolved
+    its backend once can call it inside a torch.compile'd block without tracing the checks."""
     if name == "flash_attn":
         return flash_attn_varlen(q, k, v, cu_seqlens, max_seqlen, alibi_slopes, scale)
     if name == "torch_varlen":

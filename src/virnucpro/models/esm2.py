@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from virnucpro.errors import ModelError
-from virnucpro.models.attention import resolve_backend, varlen_attention
+from virnucpro.models.attention import resolve_backend, run_backend
 from virnucpro.models.packing import position_ids_from_cu_seqlens, sequence_index
 
 # The standard ESM-2 alphabet (fair-esm Alphabet "ESM-1b", HF vocab.txt): index = token id.
@@ -226,7 +226,7 @@ class Attention(nn.Module):
         # ESM scales q before the rotation and HF / fair-esm agree; rotation is linear, so scaling inside the
         # attention kernel (scale=None -> 1/sqrt(head_dim)) gives the same numbers and one op less.
         q, k, v = _split_qkv_rotary_fn(x.device.type)(qkv, cos, sin)
-        o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+        o = run_backend(backend, q, k, v, cu_seqlens, max_seqlen)  # backend resolved once by the encoder
         return self.wo(o.reshape(T, -1))
 
 
@@ -269,7 +269,8 @@ class ESM2(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 position_ids: torch.Tensor | None = None, backend: str = "sdpa") -> torch.Tensor:
-        """input_ids int64 [T], cu_seqlens int32 [B + 1] -> last hidden state [T, hidden]."""
+        """input_ids int64 [T], cu_seqlens int32 [B + 1] -> last hidden state [T, hidden]. `backend` must be a
+        concrete attention backend name (see attention.resolve_backend)."""
         if position_ids is None:
             position_ids = position_ids_from_cu_seqlens(cu_seqlens, input_ids.shape[0])
         x = self.embed_tokens(input_ids)
@@ -305,7 +306,8 @@ class ESM2Encoder:
 
     kind = "esm2"
 
-    def __init__(self, model: ESM2, *, backend: str = "auto", fingerprint: str = "", source: str = ""):
+    def __init__(self, model: ESM2, *, backend: str = "auto", fingerprint: str = "", source: str = "",
+                 compile_blocks: bool | None = None):
         self.model = model.eval()
         cfg = model.config
         self.config = cfg
@@ -316,6 +318,20 @@ class ESM2Encoder:
         self.backend = resolve_backend(backend, device=self.device, dtype=self.dtype, alibi=False)
         self.fingerprint = fingerprint
         self.source = source
+        # Opt-in (VIRNUCPRO_COMPILE_BLOCKS=1 on CUDA, or compile_blocks=True): torch.compile every block with
+        # symbolic lengths, fusing LayerNorm, GELU, residual adds and the rotary around the GEMMs and the
+        # attention kernel. Only with the varlen kernels, which trace as single ops (flex compiles itself; the
+        # per-sequence sdpa loop would break the graph at every sequence).
+        if compile_blocks is None:
+            compile_blocks = (self.device.type == "cuda" and os.environ.get("VIRNUCPRO_COMPILE_BLOCKS") == "1"
+                              and self.backend in ("flash_attn", "torch_varlen"))
+        self.compiled_blocks = bool(compile_blocks)
+        if self.compiled_blocks:
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+            for layer in model.layers:
+                layer.compile(dynamic=True)
 
     def _inputs(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # No-ops when the engine already placed the pack (the usual case); a convenience for everyone else.
