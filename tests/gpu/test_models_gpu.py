@@ -173,3 +173,18 @@ def test_auto_backend_choice_on_cuda(model):
     assert fp16 == ("flash_attn" if attention.has_flash_attn() else "torch_varlen" if attention.has_torch_varlen()
                     else "flex")
     assert fp32 == "flex"
+
+
+def test_compiled_blocks_on_cuda(model):
+    """The opt-in VIRNUCPRO_COMPILE_BLOCKS path: same numbers as the eager blocks."""
+    require_cuda()
+    from virnucpro.models.esm2 import ESM2Encoder, build_esm2, load_esm2_checkpoint
+
+    backend = "flash_attn" if attention.has_flash_attn() else "torch_varlen"
+    cfg, state, _, _ = load_esm2_checkpoint(model["folder"])
+    encoder = ESM2Encoder(build_esm2(cfg, state, device="cuda", dtype=torch.float16), backend=backend,
+                          compile_blocks=True)
+    packed = embed_packed(encoder, model["tokens"])
+    c = cos_min(packed, model["gold"])
+    record(f"{model['name']}/fp16/{backend}+compiled_blocks", min_cos_vs_fp32_gold=c)
+    assert c >= 0.99, c
