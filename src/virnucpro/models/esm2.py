@@ -201,12 +201,10 @@ def split_qkv_rotary(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
 
 
 @functools.cache
-def _split_qkv_rotary_fn(device_type: str):
+def compiled_split_qkv_rotary():
     # Eager, the fp32 rotation is ~10 elementwise passes over q and k per layer: about a third of a 3B layer's
-    # matmul time at 64K tokens. Compiled on CUDA it is one fused read of qkv and one write of q, k, v, with the
-    # fp32 math in registers. Symbolic lengths: packs differ in size every call. VIRNUCPRO_NO_COMPILE=1 opts out.
-    if device_type != "cuda" or os.environ.get("VIRNUCPRO_NO_COMPILE") == "1":
-        return split_qkv_rotary
+    # matmul time at 64K tokens. Compiled (CUDA) it is one fused read of qkv and one write of q, k, v, with the
+    # fp32 math in registers. Symbolic lengths: packs differ in size every call.
     import torch._dynamo.config as dynamo_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)  # one graph per dtype x head shape
@@ -219,13 +217,15 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.wqkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.wo = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        # Plain function by default; ESM2Encoder swaps in the compiled one on CUDA.
+        self.qkv_rotary = split_qkv_rotary
 
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen: int, backend: str):
         T = x.shape[0]
         qkv = self.wqkv(x).view(T, 3, self.num_heads, self.head_dim)
         # ESM scales q before the rotation and HF / fair-esm agree; rotation is linear, so scaling inside the
         # attention kernel (scale=None -> 1/sqrt(head_dim)) gives the same numbers and one op less.
-        q, k, v = _split_qkv_rotary_fn(x.device.type)(qkv, cos, sin)
+        q, k, v = self.qkv_rotary(qkv, cos, sin)
         o = run_backend(backend, q, k, v, cu_seqlens, max_seqlen)  # backend resolved once by the encoder
         return self.wo(o.reshape(T, -1))
 
@@ -326,12 +326,18 @@ class ESM2Encoder:
             compile_blocks = (self.device.type == "cuda" and os.environ.get("VIRNUCPRO_COMPILE_BLOCKS") == "1"
                               and self.backend in ("flash_attn", "torch_varlen"))
         self.compiled_blocks = bool(compile_blocks)
+        no_compile = os.environ.get("VIRNUCPRO_NO_COMPILE") == "1"
         if self.compiled_blocks:
             import torch._dynamo.config as dynamo_config
 
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             for layer in model.layers:
+                layer.attn.qkv_rotary = split_qkv_rotary  # fused by the block's own compile
                 layer.compile(dynamic=True)
+        elif self.device.type == "cuda" and not no_compile:
+            fused = compiled_split_qkv_rotary()
+            for layer in model.layers:
+                layer.attn.qkv_rotary = fused
 
     def _inputs(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # No-ops when the engine already placed the pack (the usual case); a convenience for everyone else.
