@@ -7,6 +7,7 @@ reason and in the JSON report written to $VIRNUCPRO_GPU_REPORT (default tests/gp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -115,21 +116,31 @@ def test_two_gpus_match_one(tmp_path, frames, models, one_gpu):
     _record("two_gpus_vs_one", result)
 
 
-def test_overlap_telemetry_is_sane(one_gpu):
-    telemetry = one_gpu[3]
-    _record("one_gpu_telemetry", telemetry)
-    try:
-        import pynvml  # noqa: F401
+@pytest.fixture(scope="module")
+def overlap_run(tmp_path_factory, frames):
+    """Production-like shapes (ESM-2 150M random preset, a DNABERT-S-shaped folder) and small packs (many of them),
+    so per-pack host work and copies would show as idle compute if they were not overlapped."""
+    from virnucpro.models.dnabert import save_tiny_dnabert
 
-        nvml = True
-    except ImportError:
-        nvml = False
+    root = tmp_path_factory.mktemp("overlap")
+    dnabert = save_tiny_dnabert(root / "dnabert", seed=0, num_layers=12, hidden_size=768, num_heads=12,
+                                intermediate_size=3072, vocab_size=512)
+    models = {"esm2": "random:esm2_t30_150M", "dnabert": dnabert}
+    return _embed(root, frames, models, devices="cuda:0", dtype="fp16", token_budget=16384)
+
+
+def test_overlap_telemetry_is_sane(overlap_run):
+    telemetry = overlap_run[3]
+    _record("overlap_telemetry", telemetry)
+    nvml = importlib.util.find_spec("pynvml") is not None
     for p in telemetry["passes"]:
+        assert p["packs"] >= 10, p  # enough packs for a pipeline to exist
         assert p["h2d_s"] > 0 and p["compute_s"] > 0 and p["d2h_s"] > 0
         assert p["compute_s"] <= p["wall_s"] * 1.05
-        # Event timeline: the compute stream's occupancy between its first and last kernel of the pass.
-        assert 0 < p["compute_stream_busy"] <= 1.0001
-        assert p["packing_efficiency"] > 0.5, p
+        # CUDA event timeline: the compute stream stays busy from its first to its last kernel, and copies ran
+        # while it computed (the H2D of pack N+1 or the D2H of pack N-1 during pack N).
+        assert p["compute_stream_busy"] >= 0.6, p
+        assert p["h2d_overlap_s"] + p["d2h_overlap_s"] > 0, p
         if nvml:
             assert p["gpu_busy"] is not None and 0 <= p["gpu_busy"] <= 1, p
             assert p["gpu_busy_source"] == "nvml"

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from torch.utils.data import ConcatDataset
 
 from tests.unit.engine_data import BUDGET, embed, frames_table, read_all  # noqa: F401 (fixtures)
 from tests.unit.engine_data import reference, tiny_models  # noqa: F401
@@ -36,6 +37,7 @@ def test_features_are_the_models_per_frame_embeddings_in_frame_order(reference, 
     assert len(np.unique(esm.round(5), axis=0)) == len(ids)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 4 workers on a 2-core machine, on purpose
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_worker_count_gives_identical_features(workers, reference, tmp_path, frames_table, tiny_models):
     out = embed(tmp_path, frames_table, tiny_models, workers=workers)
@@ -78,8 +80,12 @@ def test_shards_then_aggregate(reference, tmp_path, frames_table, tiny_models):
     from virnucpro.errors import CheckpointError
     from virnucpro.engine.aggregate import aggregate_checkpoints
 
-    shards = [embed(tmp_path / f"s{i}", frames_table, tiny_models, shard=(i, 2)) for i in range(2)]
-    assert not (tmp_path / "s0" / "features.ckpt").exists()  # a shard's output dir is its checkpoint
+    # Shard 0: its output dir is its checkpoint. Shard 1: checkpoint elsewhere (outside a Nextflow task dir),
+    # published into the output dir at the end and then removed.
+    shards = [embed(tmp_path / "s0", frames_table, tiny_models, shard=(0, 2)),
+              embed(tmp_path / "s1", frames_table, tiny_models, shard=(1, 2), checkpoint_dir=tmp_path / "scratch")]
+    assert not (tmp_path / "s0" / "features.ckpt").exists() and not (tmp_path / "scratch").exists()
+    assert list((tmp_path / "s1" / "features").glob("*/rank-0/part-*.done"))
     with pytest.raises(CheckpointError, match="missing"):
         aggregate_checkpoints(frames_table, shards[:1], tmp_path / "partial")
     result = CliRunner().invoke(app, ["aggregate", "--frames", str(frames_table), *map(str, shards),
@@ -112,11 +118,13 @@ def test_workers_never_initialise_or_see_cuda(frames_table, tiny_models, monkeyp
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     tokenizer = load_tokenizer("dnabert", tiny_models["dnabert"])
     packs = [np.arange(0, 5), np.arange(5, 9), np.arange(9, 12)]
-    items = list(make_loader(PackDataset(frames_table, "dnabert", tokenizer, packs, [0, 1, 2]), workers=2,
-                             pin_memory=False))
-    lengths = list(make_loader(LengthDataset(frames_table, np.arange(12), {"dnabert": tokenizer}, block=4),
-                               workers=2, pin_memory=False))
-    for item in items + lengths:
+    # One loader (one spawn round) over both datasets the engine uses: the planning pass and the packs.
+    dataset = ConcatDataset([PackDataset(frames_table, "dnabert", tokenizer, packs, [0, 1, 2]),
+                             LengthDataset(frames_table, np.arange(12), {"dnabert": tokenizer}, block=4)])
+    everything = list(make_loader(dataset, workers=2, pin_memory=False))
+    items, lengths = everything[:3], everything[3:]
+    assert len(lengths) == 3 and all("dnabert" in item for item in lengths)
+    for item in everything:
         assert item["in_worker"] and item["worker_pid"] != os.getpid()
         assert item["worker_cuda_visible_devices"] == ""
         assert item["worker_cuda_initialized"] is False

@@ -23,7 +23,7 @@ from tests.unit.engine_data import reference, tiny_models  # noqa: F401
 from virnucpro.engine.checkpoint import scan_parts
 from virnucpro.errors import CheckpointError
 
-SIGKILL_TRIALS = 10
+SIGKILL_TRIALS = 8
 
 
 def _command(frames, models, out, *extra, budget=BUDGET, every=EVERY) -> list[str]:

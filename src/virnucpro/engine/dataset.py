@@ -8,6 +8,7 @@ DataLoader pin thread [ARCH-04, SAFE-05].
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -43,7 +44,7 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(0)
 
 
-def worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int, parent: int | None = None) -> None:
     # Before anything can touch torch.cuda: with no visible device, even an accidental call cannot create a context.
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     # Ctrl-C and SIGTERM reach the whole process group; only the main process decides how to stop (flush first).
@@ -52,7 +53,12 @@ def worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A SIGKILLed parent leaves its workers blocked forever on a full result pipe (their exit joins the queue's
     # feeder thread); the DataLoader's own watchdog never gets to run. Leave as soon as the parent is gone.
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    # `parent` is the pid that created the loader (captured there: a parent killed while this worker was still
+    # starting would otherwise be missed, getppid() already being 1).
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        os._exit(0)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     torch.set_num_threads(1)
     assert_cpu_only_worker()
 
@@ -131,6 +137,7 @@ class PackDataset(Dataset):
             "cu_seqlens": torch.from_numpy(cu),
             "max_seqlen": int(lengths.max()) if len(lengths) else 0,
             "rows": torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)),
+            "kind": self.kind,
             "pack_id": self.pack_ids[k],
             "tokens": int(cu[-1]),
             "worker_seconds": time.perf_counter() - start,
@@ -144,7 +151,8 @@ def make_loader(dataset: Dataset, *, workers: int, pin_memory: bool, prefetch_fa
     [ARCH-04]. in_order=True keeps pack order deterministic whatever the worker count."""
     kwargs: dict = {}
     if workers > 0:
-        kwargs = {"multiprocessing_context": "spawn", "worker_init_fn": worker_init,
+        kwargs = {"multiprocessing_context": "spawn", "worker_init_fn": functools.partial(worker_init,
+                                                                                      parent=os.getpid()),
                   "prefetch_factor": prefetch_factor, "persistent_workers": False}
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
                       **kwargs)

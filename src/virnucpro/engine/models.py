@@ -36,16 +36,12 @@ def open_encoder(kind: str, spec: str | Path, *, device: torch.device, dtype: to
 
         return load_encoder(kind, spec, device=device, dtype=dtype, backend=backend)
     from virnucpro.errors import ModelError
-    from virnucpro.models.esm2 import ESM2, PRESETS, ESM2Encoder
+    from virnucpro.models.esm2 import PRESETS, ESM2Encoder, build_esm2
 
     name = str(spec)[len(RANDOM_PREFIX):]
     if kind != "esm2" or name not in PRESETS:
         raise ModelError(f"{spec}: unknown random preset; choose from {', '.join(RANDOM_PREFIX + p for p in PRESETS)}")
-    # Default initialisation directly on the device (seconds for 3B instead of minutes through the CPU), seeded so
+    # Seeded random initialisation directly on the device (seconds for 3B instead of minutes through the CPU);
     # every rank builds the same weights.
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = ESM2(PRESETS[name])
-    model = model.to(dtype=dtype).eval().requires_grad_(False)
-    model.inv_freq = model.rope_inv_freq(device)
+    model = build_esm2(PRESETS[name], None, device=device, dtype=dtype).requires_grad_(False)
     return ESM2Encoder(model, backend=backend, fingerprint=f"{spec}:seed0", source=str(spec))

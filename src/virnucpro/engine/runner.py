@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset
 
 from virnucpro.engine.batching import ModelShape, plan_packs, token_budget
 from virnucpro.engine.checkpoint import CheckpointDir
@@ -171,8 +172,75 @@ class RankJob:
     total: int
 
 
+@dataclass
+class _Pass:
+    kind: str
+    tokenizer: object
+    encoder: object
+    stats: PassStats
+    todo: list  # [(pack number in the plan, rows)]
+    done: np.ndarray
+    partial: bool
+
+
+def _plan_pass(job: RankJob, kind: str, device: torch.device, ckpt: CheckpointDir) -> _Pass:
+    cfg = job.cfg
+    stats = PassStats(kind=kind, rank=job.rank, device=str(device))
+    by_row = np.zeros(job.total, dtype=np.int64)
+    by_row[job.rows] = job.lengths[kind]
+    mine = stride_shard(sorted_order(job.rows, job.lengths[kind]), job.rank, job.world)
+    done = job.done[kind]
+    tokenizer = open_tokenizer(kind, cfg.models[kind])
+    # Loaded even when every row is done: the fingerprint check must refuse a changed model on any rerun.
+    encoder = open_encoder(kind, cfg.models[kind], device=device, dtype=DTYPES[job.dtype], backend=cfg.backend)
+    ckpt.register_model(kind, {"fingerprint": encoder.fingerprint, "hidden_size": encoder.hidden_size,
+                               "model": str(cfg.models[kind])})
+    if done[mine].all():
+        return _Pass(kind, tokenizer, encoder, stats, [], done, False)
+    stored = ckpt.stored_plan(kind, job.rank)
+    if stored and stored.get("world") == job.world and cfg.token_budget in (None, stored["budget"]):
+        # Same budget as the interrupted run: same packs, so finished packs are skipped whole and the resumed
+        # numbers equal an uninterrupted run's.
+        budget, source = stored["budget"], "resumed:" + stored["source"]
+    else:
+        budget, source = token_budget(ModelShape.of(encoder), device, max_tokens=tokenizer.max_tokens,
+                                      requested=cfg.token_budget)
+        ckpt.store_plan(kind, job.rank, {"budget": budget, "source": source, "world": job.world})
+    stats.budget, stats.budget_source = budget, source
+    bounds = plan_packs(by_row[mine], budget, tokenizer.max_tokens)
+    packs = [mine[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+    todo = [(i, p) for i, p in enumerate(packs) if not done[p].all()]
+    stats.skipped_packs = len(packs) - len(todo)
+    stats.max_pack_sequences = max(len(p) for _, p in todo)
+    return _Pass(kind, tokenizer, encoder, stats, todo, done, any(done[p].any() for _, p in todo))
+
+
+class _Segments:
+    """Splits one DataLoader stream (all DNABERT-S packs, then all ESM-2 packs) into one iterator per pass."""
+
+    def __init__(self, iterator):
+        self.iterator, self.pending = iterator, None
+
+    def take(self, kind: str):
+        while True:
+            if self.pending is not None:
+                item, self.pending = self.pending, None
+            else:
+                item = next(self.iterator, None)
+            if item is None:
+                return
+            if item["kind"] != kind:
+                self.pending = item
+                return
+            yield item
+
+
 def run_rank(job: RankJob, report, stop: threading.Event) -> list[dict]:
-    """Both model passes of one rank. `report(kind, n)` counts finished rows. Returns PassStats summaries."""
+    """Both model passes of one rank. `report(kind, n)` counts finished rows. Returns PassStats summaries.
+
+    Both models are loaded and planned first, then ONE DataLoader serves the packs of both passes: its workers are
+    spawned once per run, and they are already tokenizing ESM-2 packs while the DNABERT-S pass finishes, so the
+    device never idles between the passes."""
     cfg = job.cfg
     device = torch.device(job.device)
     if device.type == "cuda":
@@ -181,55 +249,30 @@ def run_rank(job: RankJob, report, stop: threading.Event) -> list[dict]:
         # Oversubscribed OpenMP threads spin against each other (100x slower on a loaded 2-core box).
         torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // job.world))
     ckpt = CheckpointDir(cfg.ckpt_path)
-    summaries = []
-    for kind in KINDS:
-        if stop.is_set():
-            break
-        stats = PassStats(kind=kind, rank=job.rank, device=str(device))
-        by_row = np.zeros(job.total, dtype=np.int64)
-        by_row[job.rows] = job.lengths[kind]
-        mine = stride_shard(sorted_order(job.rows, job.lengths[kind]), job.rank, job.world)
-        done = job.done[kind]
-        tokenizer = open_tokenizer(kind, cfg.models[kind])
-        # Loaded even when every row is done: the fingerprint check must refuse a changed model on any rerun.
-        encoder = open_encoder(kind, cfg.models[kind], device=device, dtype=DTYPES[job.dtype], backend=cfg.backend)
-        ckpt.register_model(kind, {"fingerprint": encoder.fingerprint, "hidden_size": encoder.hidden_size,
-                                   "model": str(cfg.models[kind])})
-        if done[mine].all():
-            log.info("event=pass_start kind=%s rank=%d device=%s todo=0 (every row already checkpointed)", kind,
-                     job.rank, device)
-            summaries.append(stats.summary())
-            del encoder
-            continue
-        stored = ckpt.stored_plan(kind, job.rank)
-        if stored and stored.get("world") == job.world and cfg.token_budget in (None, stored["budget"]):
-            # Same budget as the interrupted run: same packs, so finished packs are skipped whole and the resumed
-            # numbers equal an uninterrupted run's.
-            budget, source = stored["budget"], "resumed:" + stored["source"]
-        else:
-            budget, source = token_budget(ModelShape.of(encoder), device, max_tokens=tokenizer.max_tokens,
-                                          requested=cfg.token_budget)
-            ckpt.store_plan(kind, job.rank, {"budget": budget, "source": source, "world": job.world})
-        stats.budget, stats.budget_source = budget, source
-        bounds = plan_packs(by_row[mine], budget, tokenizer.max_tokens)
-        packs = [mine[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
-        todo = [(i, p) for i, p in enumerate(packs) if not done[p].all()]
-        stats.skipped_packs = len(packs) - len(todo)
-        partial = any(done[p].any() for _, p in todo)
-        log.info("event=pass_start kind=%s rank=%d device=%s budget=%d budget_source=%r packs=%d todo=%d rows=%d",
-                 kind, job.rank, device, budget, source, len(packs), len(todo), sum(len(p) for _, p in todo))
-        dataset = PackDataset(cfg.frames, kind, tokenizer, [p for _, p in todo], [i for i, _ in todo])
-        loader = make_loader(dataset, workers=cfg.workers, pin_memory=device.type == "cuda",
+    passes = [_plan_pass(job, kind, device, ckpt) for kind in KINDS]
+    for p in passes:
+        log.info("event=pass_planned kind=%s rank=%d device=%s budget=%d budget_source=%r todo_packs=%d "
+                 "skipped_packs=%d todo_rows=%d", p.kind, job.rank, device, p.stats.budget,
+                 p.stats.budget_source, len(p.todo), p.stats.skipped_packs, sum(len(r) for _, r in p.todo))
+    datasets = [PackDataset(cfg.frames, p.kind, p.tokenizer, [r for _, r in p.todo], [i for i, _ in p.todo])
+                for p in passes if p.todo]
+    segments = None
+    if datasets:
+        loader = make_loader(ConcatDataset(datasets), workers=cfg.workers, pin_memory=device.type == "cuda",
                              prefetch_factor=cfg.prefetch_factor)
-        sink = PartSink(ckpt, kind, job.rank, cfg.checkpoint_every, stats, done if partial else None,
-                        meta={"fingerprint": encoder.fingerprint})
-        stats.max_pack_sequences = max(len(p) for _, p in todo)
-        run_pass(encoder, loader, sink, stats, max_pack_sequences=stats.max_pack_sequences, stop=stop,
-                 progress=lambda n, kind=kind: report(kind, n))
-        log.info("event=pass_end kind=%s rank=%d sequences=%d tokens=%d wall_s=%.2f interrupted=%s", kind,
-                 job.rank, stats.sequences, stats.tokens, stats.wall_s, stats.interrupted)
-        summaries.append(stats.summary())
-        del encoder, loader
+        segments = _Segments(iter(loader))
+    summaries = []
+    for p in passes:
+        if p.todo and not stop.is_set():
+            log.info("event=pass_start kind=%s rank=%d device=%s", p.kind, job.rank, device)
+            sink = PartSink(ckpt, p.kind, job.rank, cfg.checkpoint_every, p.stats, p.done if p.partial else None,
+                            meta={"fingerprint": p.encoder.fingerprint})
+            run_pass(p.encoder, segments.take(p.kind), sink, p.stats, max_pack_sequences=p.stats.max_pack_sequences,
+                     stop=stop, progress=lambda n, kind=p.kind: report(kind, n))
+            log.info("event=pass_end kind=%s rank=%d sequences=%d tokens=%d wall_s=%.2f interrupted=%s", p.kind,
+                     job.rank, p.stats.sequences, p.stats.tokens, p.stats.wall_s, p.stats.interrupted)
+        summaries.append(p.stats.summary())
+        p.encoder = None  # free this model's device memory before the next pass's activations need it
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return summaries
@@ -310,6 +353,25 @@ def _finished_output(cfg: EmbedConfig, worklist: WorkList) -> bool:
         metadata.get("dtype") == resolve_dtype(cfg.dtype, parse_devices(cfg.devices)) and not cfg.ckpt_path.exists()
 
 
+def _publish_shard(ckpt: Path, output: Path) -> None:
+    """A finished shard's checkpoint becomes the shard directory OUTPUT (hard links where the filesystem allows,
+    else copies), assembled under a temp name and renamed: OUTPUT is complete or absent."""
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for source in ckpt.rglob("*"):
+        if source.is_dir() or source.name in ("lock", "lengths.npz") or source.name.startswith("."):
+            continue
+        target = tmp / source.relative_to(ckpt)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another filesystem (checkpoint on scratch, output in the task dir)
+            shutil.copy2(source, target)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+
+
 def embed_frames(cfg: EmbedConfig) -> dict:
     """Run (or resume) the whole embed-frames command; returns the telemetry dict."""
     from virnucpro.engine.aggregate import aggregate_checkpoints
@@ -365,10 +427,12 @@ def embed_frames(cfg: EmbedConfig) -> dict:
         t0 = time.perf_counter()
         if cfg.shard is None:
             aggregate_checkpoints(cfg.frames, [ckpt.path], cfg.output, worklist=worklist)
+        elif ckpt.path.resolve() != Path(cfg.output).resolve():
+            _publish_shard(ckpt.path, Path(cfg.output))
         telemetry.aggregate_s = time.perf_counter() - t0
     finally:
         ckpt.unlock()
-    if cfg.shard is None and not cfg.keep_checkpoint:
+    if ckpt.path.resolve() != Path(cfg.output).resolve() and not cfg.keep_checkpoint:
         # Rename first (atomic), then delete: a kill in the middle never leaves a half-deleted checkpoint that a
         # rerun would take for a foreign directory.
         trash = ckpt.path.with_name(f".{ckpt.path.name}.removing-{os.getpid()}")
