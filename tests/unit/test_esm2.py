@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from virnucpro.errors import ModelError
-from virnucpro.models.esm2 import (ESM2, ESM2Config, ESM_VOCAB, PRESETS, ESMTokenizer, build_esm2, init_random_,
+from virnucpro.models.esm2 import (ESM2, ESM2Config, ESM_VOCAB, PRESETS, build_esm2, init_random_,
                                    load_esm2_checkpoint, save_tiny_esm2)
 from virnucpro.models.packing import pack_token_ids
 from virnucpro.models.registry import load_encoder, load_tokenizer
