@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
@@ -60,6 +62,14 @@ def test_budget_follows_free_memory_and_shape():
     assert tiny == 1026
     fp32 = ModelShape(2560, 10240, 36, 40, torch.float32)
     assert bytes_per_token(fp32) > bytes_per_token(ESM3B)
+
+
+def test_budget_of_a_model_without_length_limit_stays_finite():
+    # DNABERT-S (ALiBi) declares no token limit: the budget must still come from memory, not from that "limit".
+    unbounded = sys.maxsize
+    budget, _ = token_budget(DNABERT, torch.device("cuda", 0), max_tokens=unbounded, free_bytes=1 << 30)
+    assert budget == (1 << 30) // 2 // bytes_per_token(DNABERT)
+    assert token_budget(DNABERT, torch.device("cpu"), max_tokens=unbounded)[0] == 8192
 
 
 def test_budget_cpu_default_and_request():

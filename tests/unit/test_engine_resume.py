@@ -137,12 +137,13 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(tmp_path, kill_f
     np.testing.assert_array_equal(esm, reference[2])
 
 
-def test_sigterm_flushes_then_exits_143_and_resumes(reference, tmp_path, frames_table, tiny_models):
+@pytest.mark.parametrize("devices", ["cpu", "cpu:2"])  # in-process rank; coordinator forwarding to 2 ranks
+def test_sigterm_flushes_then_exits_143_and_resumes(devices, reference, tmp_path, frames_table, tiny_models):
     out = tmp_path / "features"
     ckpt = tmp_path / "features.ckpt"
     # Parts of one pack each: the run is long enough to be caught in the middle.
     command = _command(frames_table, tiny_models, out, "--workers", "1", "--checkpoint-every", "1",
-                       "--token-budget", "64")
+                       "--token-budget", "64", "--devices", devices)
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while proc.poll() is None and (not ckpt.exists() or _parts(ckpt) < 2):
         time.sleep(0.02)

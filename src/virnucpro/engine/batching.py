@@ -52,12 +52,15 @@ def token_budget(shape: ModelShape, device: torch.device, *, max_tokens: int, fr
     true outliers are isolated). On CPU a fixed default. `requested` (--token-budget N) wins."""
     if requested is not None:
         return int(requested), "requested"
+    # A model limit (ESM-2: 1026 tokens) is a floor, so that only true outliers run alone; a model without one
+    # (DNABERT-S, ALiBi: max_tokens is "unbounded") gets no floor.
+    floor = max_tokens if max_tokens <= MAX_BUDGET else 0
     if device.type != "cuda":
-        return max(CPU_BUDGET, max_tokens), "cpu-default"
+        return max(CPU_BUDGET, floor), "cpu-default"
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
     derived = int(free_bytes * MEMORY_FRACTION) // bytes_per_token(shape)
-    budget = max(min(derived, MAX_BUDGET), max_tokens)
+    budget = max(min(derived, MAX_BUDGET), floor, 1)
     return budget, f"free={free_bytes} bytes_per_token={bytes_per_token(shape)} derived={derived}"
 
 
