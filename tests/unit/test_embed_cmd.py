@@ -136,3 +136,11 @@ def test_embed_flex_backend_on_cpu_matches_sdpa(models, proteins, tmp_path):
         assert result.exit_code == 0, result.output
         arrays.append(np.asarray(read_embeddings(out)[1]))
     np.testing.assert_allclose(arrays[0], arrays[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_embed_cuda_absent_is_a_model_error(models, proteins, tmp_path):
+    fasta = write_fasta(tmp_path / "p.fa", proteins[:2])
+    result = runner.invoke(app, ["embed", "--model-kind", "esm2", "--model-dir", str(models / "esm2"), "--input",
+                                 str(fasta), "--output", str(tmp_path / "x"), "--device", "cuda"])
+    assert result.exit_code != 0 and "CUDA is not available" in str(result.exception)
