@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs GPU checks and benchmarks on the GPU machine in one go (device time is scarce), logging to $OUT.
 #   bash bench/gpu_session.sh STEP[:TIMEOUT_S] ...
+# Extra arguments per benchmark: BENCH_ESM2_ARGS, BENCH_DNABERT_ARGS, BENCH_ENGINE_ARGS.
 # Steps: env, models-tests, engine-tests, bench-esm2, bench-dnabert, bench-engine, bench-e2e.
 # Carried Python wheels (.whl/, e.g. polars, absent from the GPU image) are installed first.
 set -uo pipefail
@@ -33,9 +34,9 @@ for spec in "$@"; do
         python3 -m pytest -m gpu tests/gpu/test_models_gpu.py tests/gpu/test_dnabert_gpu.py -q -p no:cacheprovider -rA ;;
     engine-tests) run_step engine-tests "$limit" env VIRNUCPRO_GPU_REPORT="$OUT/gpu-engine.json" \
         python3 -m pytest -m gpu tests/gpu/test_engine_gpu.py -q -p no:cacheprovider -rA ;;
-    bench-esm2) run_step bench-esm2 "$limit" python3 bench/bench_esm2.py --output "$OUT/esm2.json" ;;
-    bench-dnabert) run_step bench-dnabert "$limit" python3 bench/bench_dnabert.py --output "$OUT/dnabert.json" ;;
-    bench-engine) run_step bench-engine "$limit" python3 bench/bench_engine.py --output "$OUT/engine.json" ;;
+    bench-esm2) run_step bench-esm2 "$limit" python3 bench/bench_esm2.py --output "$OUT/esm2.json" ${BENCH_ESM2_ARGS:-} ;;
+    bench-dnabert) run_step bench-dnabert "$limit" python3 bench/bench_dnabert.py --output "$OUT/dnabert.json" ${BENCH_DNABERT_ARGS:-} ;;
+    bench-engine) run_step bench-engine "$limit" python3 bench/bench_engine.py --output "$OUT/engine.json" ${BENCH_ENGINE_ARGS:-} ;;
     *) echo "unknown step $step" | tee -a "$LOG" ;;
   esac
 done
