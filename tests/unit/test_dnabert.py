@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from virnucpro.errors import ModelError
 from virnucpro.models import attention
-from virnucpro.models.dnabert import (DNABERTConfig, load_dnabert_encoder, load_dnabert_tokenizer,
+from virnucpro.models.dnabert import (DNABERTConfig, compile_layers, load_dnabert_encoder, load_dnabert_tokenizer,
                                       save_tiny_dnabert)
 from virnucpro.models.encoder import PackedEncoder, SequenceTokenizer
 
@@ -392,3 +392,64 @@ def test_backend_that_cannot_do_alibi_here_is_refused_at_load(tiny):
     with pytest.raises(ModelError, match=r"attention backend 'torch_varlen' unusable here"):
         load_dnabert_encoder(tiny, backend="torch_varlen")
     assert load_dnabert_encoder(tiny).backend == "sdpa"  # auto on CPU
+
+
+# DNABERT-S-shaped random weights for precision checks (the GPU test uses the same): std 0.03, 1.5x the published
+# initializer_range 0.02. At 0.05 the 12-layer post-LN stack is chaotic (measured on CPU: one 2^-9 relative
+# perturbation of the fp32 input embeddings alone moves the fp32 output to cosine 0.994, and bf16's deviation from
+# fp32 doubles layer after layer to ~0.9; keeping residuals, LayerNorms, attention and GELU in fp32 does not help),
+# so it tests the random weights, not the code. At 0.02 the embeddings are nearly collinear (pairwise cosine ~0.95),
+# which flatters a raw cosine. 0.03 is ordered and still gives distinct embeddings (pairwise cosine ~0.6).
+SHAPED_STD = 0.03
+
+
+@pytest.fixture(scope="module")
+def shaped(tmp_path_factory) -> Path:
+    return save_tiny_dnabert(tmp_path_factory.mktemp("dnabert") / "shaped", seed=0, num_layers=12, hidden_size=768,
+                             num_heads=12, intermediate_size=3072, vocab_size=4096, std=SHAPED_STD)
+
+
+def test_bf16_dnabert_s_shaped_stays_close_to_fp32(shaped):
+    """PREC-02 on the real shape (12 x 768, 12 heads): bf16 vs fp32 cosine >= 0.99 per sequence, raw and after
+    removing the mean embedding of the batch (the part every sequence shares would otherwise flatter the cosine),
+    while different sequences stay clearly different (the embeddings are not degenerate)."""
+    tokenizer = load_dnabert_tokenizer(shaped)
+    tokens = [tokenizer.encode(random_dna(n, seed=n)) for n in (20, 60, 150, 151, 301)]
+    batch = pack(tokens)
+    gold = load_dnabert_encoder(shaped).embed_packed(*batch)
+    low = load_dnabert_encoder(shaped, dtype=torch.bfloat16).embed_packed(*batch)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    assert cosines(low, gold).min() >= 0.99
+    centre = gold.mean(0, keepdim=True)
+    assert cosines(low - centre, gold - centre).min() >= 0.99
+    unit = F.normalize(gold.double(), dim=-1)
+    pairwise = (unit @ unit.T)[~torch.eye(len(tokens), dtype=torch.bool)]
+    assert pairwise.max() < 0.95, pairwise  # distinct sequences, distinct embeddings
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_whole_layer_compiles_into_one_graph_with_flex_and_matches_sdpa(tiny, encoder, tokenizer, sequences):
+    """compile="layer" (the CUDA default) traces each layer, FlexAttention included, as one graph: fullgraph=True
+    fails on any graph break. aot_eager runs the traced graph without Inductor, so this checks the tracing and the
+    graph's numbers on CPU; the GPU test checks Inductor's kernels. Packs of 1, several and many flex blocks, never a
+    whole number of blocks (the stream is padded with a document of its own)."""
+    flex = load_dnabert_encoder(tiny, backend="flex", compile=False)
+    compile_layers(flex.model, "layer", backend="aot_eager", fullgraph=True)
+    for group in (sequences, sequences[:3], sequences[:1]):
+        batch = pack([tokenizer.encode(s) for s in group])
+        assert batch[0].numel() % 128
+        torch.testing.assert_close(flex.embed_packed(*batch), encoder.embed_packed(*batch), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_block_size_does_not_change_embeddings(tiny, encoder, tokenizer, sequences):
+    """A 64-token flex block (the short-read option) gives the same embeddings; a block that is not a power of two
+    is refused at load."""
+    flex64 = load_dnabert_encoder(tiny, backend="flex", flex_block_size=64)
+    assert flex64.options["flex_block_size"] == 64 and flex64.options["compile"] is None
+    batch = pack([tokenizer.encode(s) for s in sequences])
+    torch.testing.assert_close(flex64.embed_packed(*batch), encoder.embed_packed(*batch), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelError, match="flex block size 100"):
+        load_dnabert_encoder(tiny, backend="flex", flex_block_size=100)
+    with pytest.raises(ModelError, match="compile scope 'everything'"):
+        load_dnabert_encoder(tiny, compile="everything")

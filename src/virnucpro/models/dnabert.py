@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from virnucpro.errors import ModelError
-from virnucpro.models.attention import alibi_slopes, resolve_backend, varlen_attention
+from virnucpro.models.attention import (FLEX_BLOCK_SIZE, alibi_slopes, document_block_mask, flex_varlen,
+                                        resolve_backend, varlen_attention)
 
 KIND = "dnabert"
 # Not a model limit (ALiBi has none and `encode` never truncates): the length from which the engine's outlier rule
@@ -124,11 +125,20 @@ class Attention(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                slopes: torch.Tensor) -> torch.Tensor:
-        # Wqkv's output is laid out (3, heads, head_dim), the published 'b s (t h d)' order.
+                slopes: torch.Tensor, block_mask=None) -> torch.Tensor:
+        # Wqkv's output is laid out (3, heads, head_dim), the published 'b s (t h d)' order. q, k, v stay strided
+        # views of it: FlexAttention reads them in place and writes its output in q's stride order, i.e. already
+        # [T, heads, head_dim]-contiguous, so the reshape below is a view, not a copy.
         q, k, v = self.wqkv(x).view(-1, 3, self.n_head, self.head_dim).unbind(1)
-        y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes=slopes, backend=self.backend,
-                             scale=1.0 / math.sqrt(self.head_dim))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if block_mask is not None:
+            # flex with the pack's document mask (built once per pack by DNABERT.forward). Inside a compiled layer
+            # the bare flex_attention is traced into the layer's graph; called eagerly, flex_varlen compiles it alone.
+            y = flex_varlen(q, k, v, cu_seqlens, slopes, scale, block_mask=block_mask,
+                            compiled=False if torch.compiler.is_compiling() else None)
+        else:
+            y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes=slopes, backend=self.backend,
+                                 scale=scale)
         return self.norm(x + self.wo(y.reshape(x.shape)))
 
 
@@ -153,16 +163,18 @@ class Layer(nn.Module):
         self.mlp = GatedMLP(config)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                slopes: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.attn(x, cu_seqlens, max_seqlen, slopes))
+                slopes: torch.Tensor, block_mask=None) -> torch.Tensor:
+        return self.mlp(self.attn(x, cu_seqlens, max_seqlen, slopes, block_mask))
 
 
 class DNABERT(nn.Module):
     """The encoder over a packed token stream: [T] ids -> [T, hidden] last hidden state."""
 
-    def __init__(self, config: DNABERTConfig, backend: str = "auto"):
+    def __init__(self, config: DNABERTConfig, backend: str = "auto", flex_block_size: int = FLEX_BLOCK_SIZE):
         super().__init__()
         self.config = config
+        self.backend = backend
+        self.flex_block_size = flex_block_size
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Layer(config, backend) for _ in range(config.num_hidden_layers))
         # Kept out of the module's buffers on purpose: `.to(float16)` would round the slopes of non-power-of-two
@@ -172,13 +184,28 @@ class DNABERT(nn.Module):
     def to_runtime(self, device: torch.device, dtype: torch.dtype) -> "DNABERT":
         self.to(device=device, dtype=dtype)
         self.slopes = alibi_slopes(self.config.num_attention_heads).to(device=device, dtype=torch.float32)
+        # A compiled layer takes the slopes as an input; with dynamic=True its size would be symbolic and "duck
+        # sized" against the pack's block count (a recompile whenever a pack has exactly num_heads blocks).
+        torch._dynamo.mark_static(self.slopes)
         return self
 
     def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        total = input_ids.shape[0]
+        block_mask = None
+        if self.backend == "flex":
+            # The token stream is padded up to a whole number of flex blocks: the padding is a document of its
+            # own (document_block_mask gives every token past cu_seqlens[-1] the id `batch`), so it never attends
+            # to or from a real token, and it is cut off before pooling. Whole blocks let the kernel skip its
+            # bounds checks (IS_DIVISIBLE) and keep every pack on one compiled graph (no short-pack variant).
+            # The mask is built once per pack, on the device and without a host sync, and shared by all layers.
+            padded = -(-total // self.flex_block_size) * self.flex_block_size
+            if padded != total:
+                input_ids = F.pad(input_ids, (0, padded - total))
+            block_mask, _ = document_block_mask(cu_seqlens, padded, self.flex_block_size)
         x = self.embeddings(input_ids)
         for layer in self.layers:
-            x = layer(x, cu_seqlens, max_seqlen, self.slopes)
-        return x
+            x = layer(x, cu_seqlens, max_seqlen, self.slopes, block_mask)
+        return x[:total]
 
 
 def mean_per_sequence(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -331,7 +358,8 @@ class DNABERTEncoder:
 
     kind = KIND
 
-    def __init__(self, model: DNABERT, fingerprint: str, device: torch.device, dtype: torch.dtype, backend: str):
+    def __init__(self, model: DNABERT, fingerprint: str, device: torch.device, dtype: torch.dtype, backend: str,
+                 options: dict | None = None):
         config = model.config
         self.model = model
         self.config = config
@@ -343,6 +371,7 @@ class DNABERTEncoder:
         self.device = device
         self.dtype = dtype
         self.backend = backend  # the concrete attention backend ("auto" resolved at load)
+        self.options = dict(options or {})  # how it runs (compile scope/mode, flex block): for benchmarks, reports
 
     @torch.inference_mode()
     def embed_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
@@ -375,13 +404,37 @@ def load_dnabert_tokenizer(model_dir: str | Path) -> DNABERTTokenizer:
     return tokenizer
 
 
+COMPILE_SCOPES = ("layer", "mlp")
+
+
+def compile_layers(model: DNABERT, scope: str = "layer", *, mode: str | None = None, backend: str = "inductor",
+                   fullgraph: bool = False) -> None:
+    """torch.compile each layer ("layer": the whole layer, attention included; "mlp": only the gated MLP), with
+    symbolic lengths. All layers share one graph (same code, parameters are graph inputs), so it compiles once per
+    dtype. "layer" fuses what eager runs as separate passes over the [T, hidden] and [T, 2 * FFN] activations: the
+    Wqkv bias and split, the residual adds with their LayerNorms (computed in fp32 inside the fused kernels), and
+    GELU * gate; FlexAttention (the "flex" backend) becomes one kernel of the same graph. The block mask is built
+    outside, once per pack. mode: torch.compile's (None = "default"; "max-autotune-no-cudagraphs" also autotunes
+    the matmuls and the flex kernel's tiles, at a longer first compile). backend/fullgraph: for the tests."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile scope {scope!r}; choose from {', '.join(COMPILE_SCOPES)}")
+    for layer in model.layers:
+        target = layer if scope == "layer" else layer.mlp
+        target.compile(dynamic=True, mode=mode, backend=backend, fullgraph=fullgraph)
+
+
 def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cpu",
                          dtype: torch.dtype = torch.float32, backend: str = "auto",
-                         compile: bool | None = None) -> DNABERTEncoder:
-    """compile: torch.compile each layer's gated MLP (symbolic lengths; one graph shared by all layers), fusing
-    GELU * gate, the residual add and the LayerNorm around the two matmuls: fewer passes over the [T, 2 * FFN]
-    intermediate. None (default) = on CUDA unless VIRNUCPRO_NO_COMPILE=1, as the ESM-2 model does; never on CPU,
-    where compiling costs more than it saves. bench/bench_dnabert.py measures both."""
+                         compile: bool | str | None = None, compile_mode: str | None = None,
+                         flex_block_size: int | None = None) -> DNABERTEncoder:
+    """compile: True or "layer" = torch.compile every whole layer (see `compile_layers`; flex backend only, others
+    get "mlp"), "mlp" = only the gated MLP (the previous default, kept for comparison), False = eager.
+    None (default) = "layer" on CUDA unless VIRNUCPRO_NO_COMPILE=1, as the ESM-2 model does; never on CPU, where
+    compiling costs more than it saves. `encoder.options` records what was applied.
+    compile_mode: torch.compile mode (default VIRNUCPRO_COMPILE_MODE, else torch's default).
+    flex_block_size: FlexAttention block (default VIRNUCPRO_FLEX_BLOCK, else 128): 64 halves the attention work
+    wasted on 150-nt reads (~37 tokens, so a 128 block pairs each query with ~256 keys) at smaller kernel tiles.
+    bench/bench_dnabert.py measures the choices."""
     model_dir = Path(model_dir)
     config = DNABERTConfig.from_json(model_dir / "config.json")
     path = weights_file(model_dir)
@@ -391,19 +444,33 @@ def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cp
         backend = resolve_backend(backend, device=device, dtype=dtype, alibi=True)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
+    flex_block_size = int(flex_block_size or os.environ.get("VIRNUCPRO_FLEX_BLOCK") or FLEX_BLOCK_SIZE)
+    if flex_block_size < 16 or flex_block_size & (flex_block_size - 1):
+        raise ModelError(f"flex block size {flex_block_size}: must be a power of two >= 16")
     with torch.device("meta"):
         # Shapes only: the real tensors come from the checkpoint (assign=True below).
-        model = DNABERT(config, backend=backend)
+        model = DNABERT(config, backend=backend, flex_block_size=flex_block_size)
     state = convert_state_dict(read_state_dict(path), config, path, model)
     digest = fingerprint(config, state)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     model.to_runtime(device, dtype).eval().requires_grad_(False)
     if compile is None:
         compile = device.type == "cuda" and os.environ.get("VIRNUCPRO_NO_COMPILE") != "1"
+    scope, compile_mode = None, compile_mode or os.environ.get("VIRNUCPRO_COMPILE_MODE") or None
     if compile:
-        for layer in model.layers:
-            layer.mlp.compile(dynamic=True)
-    return DNABERTEncoder(model, digest, device, dtype, backend)
+        scope = "layer" if compile is True else str(compile)
+        if scope == "layer" and backend != "flex":
+            # Only flex is traced into the layer's graph (its mask comes in as an input). The per-sequence sdpa
+            # loop reads cu_seqlens on the host: a graph break, and a recompile for every new set of lengths;
+            # flash_attn is untested inside a compiled graph here. Those keep the compiled MLP.
+            scope = "mlp"
+        try:
+            compile_layers(model, scope, mode=compile_mode)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+    options = {"compile": scope, "compile_mode": compile_mode if scope else None,
+               "flex_block_size": flex_block_size if backend == "flex" else None}
+    return DNABERTEncoder(model, digest, device, dtype, backend, options)
 
 
 # ----------------------------------------------------------------------------------------------------- tiny model
