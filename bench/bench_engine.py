@@ -4,7 +4,7 @@ engine (DNABERT-S pass + ESM-2 pass, packing, overlapped streams, checkpoints, a
 
 On the H200 (ESM-2 3B-shaped random weights made on the GPU + a DNABERT-S-shaped random folder, fp16, one GPU and,
 when visible, two):
-    python bench/bench_engine.py                       # 100k reads; --reads 1000000 for the archive's 1M shape
+    python bench/bench_engine.py                       # 50k reads; --reads 1000000 for the archive's 1M shape
 CPU plumbing check (tiny models, seconds):
     python bench/bench_engine.py --device cpu --smoke
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--smoke", action="store_true", help="tiny models, few reads: a plumbing check")
-    parser.add_argument("--reads", type=int, default=None, help="150-nt reads (default 100000; smoke 300)")
+    parser.add_argument("--reads", type=int, default=None, help="150-nt reads (default 50000; smoke 300)")
     parser.add_argument("--read-length", type=int, default=150)
     parser.add_argument("--composition", default="gc-rich", choices=sorted(COMPOSITIONS))
     parser.add_argument("--preset", default="esm2_t36_3B", help="ESM-2 preset of the random model")
@@ -125,7 +125,7 @@ def main() -> None:
         sys.exit("bench_engine: --device cuda but CUDA is not available (use --device cpu --smoke)")
     args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
     args.workers = args.workers if args.workers is not None else min(8, max(1, (os.cpu_count() or 2) // 2))
-    reads = args.reads or (300 if args.smoke else 100_000)
+    reads = args.reads or (300 if args.smoke else 50_000)
     output = args.output or REPO / "bench" / "results" / f"engine-{time.strftime('%Y%m%d-%H%M%S')}.json"
     scratch = Path(tempfile.mkdtemp(prefix="bench-engine-")) if args.workdir is None else args.workdir
     scratch.mkdir(parents=True, exist_ok=True)
