@@ -6,15 +6,20 @@ Workloads (random DNA, tokenized by the model's BPE tokenizer):
   reads: uniform 150-nt reads (the archive's benchmark shape)     wide: lengths uniform in 100..3000 nt
 Ours: length-sorted sequences packed greedily up to --budget tokens, `embed_packed` per pack, for every attention
 backend that can run ALiBi on the device (flash_attn, flex; sdpa only with --include-sdpa on CUDA: it is the
-per-sequence fallback), each with and without `compile=True` (torch.compile of the gated MLP).
+per-sequence fallback), in each --compile scope: "layer" (whole layers compiled, FlexAttention in the graph: the
+CUDA default of load_dnabert_encoder), "mlp" (only the gated MLP, the previous default), "off" (eager); flex with
+"layer" also with each extra --flex-blocks size (64: less attention work wasted on ~37-token reads). Variant names:
+backend+scope[/bN]; every variant's options (compile scope, mode, flex block) are written to the JSON.
 Baseline: the same weights run padded: length-sorted batches of at most --budget padded tokens, every linear layer
-over [B, L, hidden], attention = torch SDPA with a float mask = ALiBi bias + key-padding -inf, mean over real tokens.
+over [B, L, hidden], attention = torch SDPA with a float mask = ALiBi bias + key-padding -inf, mean over real tokens;
+on CUDA its gated MLP is our compiled one (torch.compile, as "mlp"), so it is a strong baseline, not a naive one.
 Both sides get their inputs already on the device (model throughput, not input pipeline), run one untimed warm-up
 pass (torch.compile / autotuning), then --repeats timed passes; the best pass counts. Tokens/s counts real tokens
 only ([CLS]/[SEP] included, padding never). The embeddings of both sides are compared (cosine) as a sanity check.
 
 GPU (the lead runs this on the H200; about 2-3 minutes with the compiles, results written after each workload):
     python bench/bench_dnabert.py --device cuda --output bench/results/dnabert-h200-$(date -u +%Y%m%d).json
+    (add --compile-mode max-autotune-no-cudagraphs to let Inductor autotune matmuls and flex tiles: longer compile)
 CPU smoke check (tiny model, a few hundred sequences; checks the script, measures nothing useful):
     python bench/bench_dnabert.py --device cpu --smoke --output /tmp/dnabert-smoke.json
 """
@@ -47,6 +52,7 @@ FULL = dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072
 SMOKE = dict(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128, vocab_size=256)
 # SPEC targets for DNABERT-S on one H200.
 TARGETS = {"reads": {"tokens_per_s": 1.5e6, "speedup": 1.5}, "wide": {"speedup": 2.0}}
+STD = 0.03  # weight scale of the random model, as the GPU test (tests/gpu/test_dnabert_gpu.py says why)
 
 
 # ------------------------------------------------------------------------------------------------ workloads
@@ -215,9 +221,14 @@ def main() -> None:
     parser.add_argument("--backends", default="",
                         help="comma list; default on CUDA: every ALiBi-capable backend; on CPU: sdpa (what auto uses)")
     parser.add_argument("--include-sdpa", action="store_true", help="also time the per-sequence sdpa fallback")
-    parser.add_argument("--compile", choices=("both", "on", "off"), default=None,
-                        help="time each backend with the compiled gated MLP, without, or both "
-                             "(default: both on CUDA, off on CPU)")
+    parser.add_argument("--compile", default=None,
+                        help="comma list of compile scopes to time per backend: layer, mlp, off "
+                             "(default: mlp,layer on CUDA, off on CPU)")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode for the compiled variants (default: torch's default; "
+                             "e.g. max-autotune-no-cudagraphs)")
+    parser.add_argument("--flex-blocks", default=None,
+                        help="comma list of extra FlexAttention block sizes timed with flex+layer (default: 64 on CUDA)")
     parser.add_argument("--reads", type=int, default=50_000, help="number of 150-nt reads (~2M tokens)")
     parser.add_argument("--wide", type=int, default=5_000, help="number of 100..3000-nt sequences (~2M tokens)")
     parser.add_argument("--budget", type=int, default=65_536, help="tokens per pack / padded tokens per batch")
@@ -247,22 +258,39 @@ def main() -> None:
     shape = SMOKE if args.smoke else FULL
 
     with tempfile.TemporaryDirectory(prefix="bench-dnabert-") as tmp:
-        model_dir = save_tiny_dnabert(Path(tmp) / "model", seed=args.seed, std=0.05, **shape)
+        model_dir = save_tiny_dnabert(Path(tmp) / "model", seed=args.seed, std=STD, **shape)
         tokenizer = load_dnabert_tokenizer(model_dir)
-        compile_modes = {"both": (False, True), "on": (True,), "off": (False,)}[
-            args.compile or ("both" if device.type == "cuda" else "off")]
-        encoders = {b + ("+compile" if c else ""): load_dnabert_encoder(model_dir, device=device, dtype=dtype,
-                                                                        backend=b, compile=c)
-                    for b in backends for c in compile_modes}
-        reference_model = load_dnabert_encoder(model_dir, device=device, dtype=dtype, backend="sdpa").model
+        scopes = (args.compile or ("mlp,layer" if device.type == "cuda" else "off")).split(",")
+        extra_blocks = [int(b) for b in (args.flex_blocks if args.flex_blocks is not None
+                                         else ("64" if device.type == "cuda" else "")).split(",") if b]
+        encoders = {}
+        for b in backends:
+            for scope in scopes:
+                compile_arg = False if scope == "off" else scope
+                blocks = [None] + (extra_blocks if b == "flex" and scope == "layer" else [])
+                for block in blocks:
+                    name = f"{b}+{scope}" + (f"/b{block}" if block else "")
+                    encoders[name] = load_dnabert_encoder(model_dir, device=device, dtype=dtype, backend=b,
+                                                          compile=compile_arg, compile_mode=args.compile_mode,
+                                                          flex_block_size=block)
+        # The baseline borrows this model's layers: its gated MLP compiled on CUDA (as "mlp"), eager on CPU.
+        baseline_compiled = device.type == "cuda"
+        reference_model = load_dnabert_encoder(model_dir, device=device, dtype=dtype, backend="sdpa",
+                                               compile="mlp" if baseline_compiled else False,
+                                               compile_mode=args.compile_mode).model
 
     result = {
         "benchmark": "dnabert", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "smoke": args.smoke,
         "environment": environment(device), "device": str(device), "dtype": args.dtype,
-        "model": {"shape": shape, "weights": "random (std 0.05), published on-disk format"},
+        "model": {"shape": shape, "weights": f"random (std {STD}), published on-disk format"},
         "budget_tokens": args.budget, "repeats": args.repeats, "backends": list(encoders),
-        "baseline": "padded, length-sorted batches (batch*longest <= budget), SDPA with float ALiBi + padding mask",
+        "variants": {name: {"backend": e.backend, **e.options} for name, e in encoders.items()},
+        "compile_mode": args.compile_mode,
+        "env": {k: os.environ[k] for k in ("VIRNUCPRO_NO_COMPILE", "VIRNUCPRO_FLEX_DYNAMIC", "VIRNUCPRO_FLEX_BLOCK",
+                                          "VIRNUCPRO_COMPILE_MODE") if k in os.environ},
+        "baseline": "padded, length-sorted batches (batch*longest <= budget), SDPA with float ALiBi + padding mask"
+                    + ("; gated MLP compiled (torch.compile)" if baseline_compiled else "; eager"),
         "workloads": {},
     }
     for name, count in (("reads", args.reads), ("wide", args.wide)):
