@@ -188,6 +188,27 @@ def test_corrupt_truncated_unmarked_parts_are_recomputed(reference, tmp_path, fr
     np.testing.assert_array_equal(esm, reference[2])
 
 
+def test_resume_under_another_plan_never_duplicates_rows(reference, tmp_path, frames_table, tiny_models):
+    """A resume whose packs differ from the interrupted run's (other token budget or device count) meets packs that
+    are partly done: only their new rows may be stored, or aggregation would see duplicates."""
+    embed(tmp_path, frames_table, tiny_models, keep_checkpoint=True)
+    ckpt = tmp_path / "features.ckpt"
+    removed = 0
+    for number, part in enumerate(sorted(ckpt.glob("*/rank-0/part-*.bin"))):
+        if number % 2:  # every other part lost, as if those flushes never happened
+            removed += json.loads(part.with_suffix(".done").read_text())["count"]
+            part.with_suffix(".done").unlink()
+            part.unlink()
+    embed(tmp_path, frames_table, tiny_models, token_budget=100, devices="cpu:2", keep_checkpoint=True)
+    telemetry = json.loads((tmp_path / "features.telemetry.json").read_text())
+    assert sum(p["sequences"] for p in telemetry["passes"]) > removed  # partly done packs were recomputed whole
+    stored = sum(json.loads(m.read_text())["count"] for m in ckpt.glob("*/rank-*/part-*.done"))
+    assert stored == 2 * len(reference[0])  # ... but only their missing rows were stored: each row once
+    ids, dnabert, esm = read_all(tmp_path / "features")
+    np.testing.assert_allclose(dnabert, reference[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(esm, reference[2], rtol=1e-5, atol=1e-6)
+
+
 def _header_count(path: Path) -> int:
     import struct
 
