@@ -267,8 +267,15 @@ def run_rank(job: RankJob, report, stop: threading.Event) -> list[dict]:
             log.info("event=pass_start kind=%s rank=%d device=%s", p.kind, job.rank, device)
             sink = PartSink(ckpt, p.kind, job.rank, cfg.checkpoint_every, p.stats, p.done if p.partial else None,
                             meta={"fingerprint": p.encoder.fingerprint})
-            run_pass(p.encoder, segments.take(p.kind), sink, p.stats, max_pack_sequences=p.stats.max_pack_sequences,
-                     stop=stop, progress=lambda n, kind=p.kind: report(kind, n))
+            try:
+                run_pass(p.encoder, segments.take(p.kind), sink, p.stats,
+                         max_pack_sequences=p.stats.max_pack_sequences, stop=stop,
+                         progress=lambda n, kind=p.kind: report(kind, n))
+            except torch.OutOfMemoryError as err:
+                # Rows finished before the failure are already flushed (run_pass drains on the way out).
+                raise VirNucProError(
+                    f"{p.kind} on {device}: out of memory with a token budget of {p.stats.budget} "
+                    f"({p.stats.budget_source}); rerun with a smaller --token-budget to resume ({err})") from err
             log.info("event=pass_end kind=%s rank=%d sequences=%d tokens=%d wall_s=%.2f interrupted=%s", p.kind,
                      job.rank, p.stats.sequences, p.stats.tokens, p.stats.wall_s, p.stats.interrupted)
         summaries.append(p.stats.summary())
