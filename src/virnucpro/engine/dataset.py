@@ -64,13 +64,17 @@ def worker_init(worker_id: int, parent: int | None = None) -> None:
 
 
 def _column(frames_path: str, column: str):
-    """The frame-table column, read once per worker process (pyarrow, contiguous, no Python strings until used)."""
+    """The frame-table column, read once per worker process (one contiguous polars Series)."""
     key = (frames_path, column)
     if key not in _COLUMNS_CACHE:
-        import pyarrow.parquet as pq
+        import polars as pl
 
-        _COLUMNS_CACHE[key] = pq.read_table(frames_path, columns=[column]).column(column).combine_chunks()
+        _COLUMNS_CACHE[key] = pl.read_parquet(frames_path, columns=[column])[column].rechunk()
     return _COLUMNS_CACHE[key]
+
+
+def _sequences(frames_path: str, column: str, rows: np.ndarray) -> list[str]:
+    return _column(frames_path, column).gather(rows).to_list()
 
 
 def _guard() -> dict:
@@ -104,7 +108,7 @@ class LengthDataset(Dataset):
         rows = self.rows[k * self.block : (k + 1) * self.block]
         out = {"block": k}
         for kind, tokenizer in self.tokenizers.items():
-            sequences = _column(self.frames_path, COLUMNS[kind]).take(rows).to_pylist()
+            sequences = _sequences(self.frames_path, COLUMNS[kind], rows)
             out[kind] = np.fromiter((len(e) for e in _encode_all(tokenizer, sequences)), dtype=np.int32,
                                     count=len(rows))
         out.update(guard)
@@ -126,7 +130,7 @@ class PackDataset(Dataset):
         start = time.perf_counter()
         guard = _guard()
         rows = self.packs[k]
-        sequences = _column(self.frames_path, COLUMNS[self.kind]).take(rows).to_pylist()
+        sequences = _sequences(self.frames_path, COLUMNS[self.kind], rows)
         encoded = _encode_all(self.tokenizer, sequences)
         lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
         cu = np.zeros(len(encoded) + 1, dtype=np.int32)
