@@ -52,16 +52,20 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
-    from virnucpro.preprocess.prepare import prepare
+    """A frame table (the three columns the engine reads) with read-like and contig-like lengths, written with
+    polars only, so this file depends on nothing but the engine and the models."""
+    import polars as pl
 
-    root = tmp_path_factory.mktemp("gpu-frames")
     rng = random.Random(3)
-    with open(root / "reads.fa", "w") as handle:
-        for i in range(1500):
-            length = rng.choice([150, 150, 150, 300, 500, 1200])
-            handle.write(f">g{i}\n{''.join(rng.choice('ACGTGGCC') for _ in range(length))}\n")
-    prepare(root / "reads.fa", root / "frames.parquet", chunk_length=300)
-    return root / "frames.parquet"
+    ids, nucleotides, proteins = [], [], []
+    for i in range(3000):
+        residues = rng.choice([16, 30, 50, 50, 50, 100, 166, 400, 1100])  # 1100 > 1024: the ESM-2 truncation path
+        ids.append(f"g{i}_chunk_1F1")
+        proteins.append("".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(residues)))
+        nucleotides.append("".join(rng.choice("ACGT") for _ in range(3 * residues + 1)))
+    path = tmp_path_factory.mktemp("gpu-frames") / "frames.parquet"
+    pl.DataFrame({"frame_id": ids, "nucleotide": nucleotides, "protein": proteins}).write_parquet(path)
+    return path
 
 
 def _embed(tmp_path: Path, frames: Path, models: dict, **options):
