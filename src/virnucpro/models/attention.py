@@ -240,8 +240,11 @@ def _flex_fn(compiled: bool, dynamic: bool | None = None) -> Callable:
 
 def flex_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                 alibi: torch.Tensor | None = None, scale: float | None = None, *, compiled: bool | None = None,
-                dynamic: bool | None = FLEX_DYNAMIC, block_mask=None) -> torch.Tensor:
-    """FlexAttention over a pack; compiled by default on CUDA (eager elsewhere: the unfused reference)."""
+                dynamic: bool | None = FLEX_DYNAMIC, block_mask=None,
+                kernel_options: dict | None = None) -> torch.Tensor:
+    """FlexAttention over a pack; compiled by default on CUDA (eager elsewhere: the unfused reference).
+    kernel_options: passed to flex_attention (e.g. BLOCK_M/BLOCK_N: the kernel tiles must divide the mask's block
+    size, and the H100 default tile for fp16/bf16 head_dim 64 is 128 x 128, so a 64-token block mask needs them)."""
     total = q.shape[0]
     if block_mask is None:
         block_mask, _ = _cached_document_mask(cu_seqlens, total)
@@ -258,7 +261,8 @@ def flex_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: t
 
     # [T, H, D] -> [1, H, T, D] (a view; the kernels take strides)
     qh, kh, vh = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-    out = _flex_fn(bool(compiled), dynamic)(qh, kh, vh, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    out = _flex_fn(bool(compiled), dynamic)(qh, kh, vh, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                                            kernel_options=kernel_options)
     return out.squeeze(0).transpose(0, 1)
 
 
