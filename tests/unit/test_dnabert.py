@@ -428,12 +428,13 @@ def test_bf16_dnabert_s_shaped_stays_close_to_fp32(shaped):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_whole_layer_compiles_into_one_graph_with_flex_and_matches_sdpa(tiny, encoder, tokenizer, sequences):
+@pytest.mark.parametrize("block", [128, 64])
+def test_whole_layer_compiles_into_one_graph_with_flex_and_matches_sdpa(tiny, encoder, tokenizer, sequences, block):
     """compile="layer" (the CUDA default) traces each layer, FlexAttention included, as one graph: fullgraph=True
     fails on any graph break. aot_eager runs the traced graph without Inductor, so this checks the tracing and the
     graph's numbers on CPU; the GPU test checks Inductor's kernels. Packs of 1, several and many flex blocks, never a
     whole number of blocks (the stream is padded with a document of its own)."""
-    flex = load_dnabert_encoder(tiny, backend="flex", compile=False)
+    flex = load_dnabert_encoder(tiny, backend="flex", compile=False, flex_block_size=block)
     compile_layers(flex.model, "layer", backend="aot_eager", fullgraph=True)
     for group in (sequences, sequences[:3], sequences[:1]):
         batch = pack([tokenizer.encode(s) for s in group])

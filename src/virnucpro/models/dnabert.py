@@ -134,7 +134,10 @@ class Attention(nn.Module):
         if block_mask is not None:
             # flex with the pack's document mask (built once per pack by DNABERT.forward). Inside a compiled layer
             # the bare flex_attention is traced into the layer's graph; called eagerly, flex_varlen compiles it alone.
-            y = flex_varlen(q, k, v, cu_seqlens, slopes, scale, block_mask=block_mask,
+            block = block_mask.BLOCK_SIZE[0]
+            # The kernel's tiles must divide the mask's blocks; the H100 default for head_dim 64 is 128 x 128.
+            tiles = {"BLOCK_M": block, "BLOCK_N": block} if block < 128 else None
+            y = flex_varlen(q, k, v, cu_seqlens, slopes, scale, block_mask=block_mask, kernel_options=tiles,
                             compiled=False if torch.compiler.is_compiling() else None)
         else:
             y = varlen_attention(q, k, v, cu_seqlens, max_seqlen, alibi_slopes=slopes, backend=self.backend,
@@ -196,9 +199,11 @@ class DNABERT(nn.Module):
             # The token stream is padded up to a whole number of flex blocks: the padding is a document of its
             # own (document_block_mask gives every token past cu_seqlens[-1] the id `batch`), so it never attends
             # to or from a real token, and it is cut off before pooling. Whole blocks let the kernel skip its
-            # bounds checks (IS_DIVISIBLE) and keep every pack on one compiled graph (no short-pack variant).
-            # The mask is built once per pack, on the device and without a host sync, and shared by all layers.
-            padded = -(-total // self.flex_block_size) * self.flex_block_size
+            # bounds checks (IS_DIVISIBLE) and, with at least 128 tokens, keep every pack off flex's short-query
+            # ("decoding") kernel: one compiled graph for all packs. Multiples of 128 are whole blocks of any size
+            # up to 128. The mask is built once per pack, on the device without a host sync, shared by all layers.
+            unit = max(self.flex_block_size, 128)
+            padded = -(-total // unit) * unit
             if padded != total:
                 input_ids = F.pad(input_ids, (0, padded - total))
             block_mask, _ = document_block_mask(cu_seqlens, padded, self.flex_block_size)
