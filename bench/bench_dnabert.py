@@ -178,6 +178,26 @@ def timed(fn, batches, device, repeats: int) -> tuple[float, list[float], float]
     return min(runs), runs, warmup
 
 
+def kernel_profile(fn, batches, device, top: int = 15) -> dict:
+    """GPU kernels of one pass over `batches` (torch.profiler), the `top` by device time: where the time goes."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for b in batches:
+                fn(*b)
+            sync(device)
+        rows = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+        total = sum(e.self_device_time_total for e in rows)
+        rows.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        return {"batches": len(batches), "device_ms": round(total / 1e3, 2),
+                "top": [{"kernel": e.key[:160], "ms": round(e.self_device_time_total / 1e3, 2), "calls": e.count,
+                         "share": round(e.self_device_time_total / total, 3)} for e in rows[:top]]}
+    except Exception as exc:  # a profiling failure must not cost the measurement
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def collect(fn, batches, groups, n, hidden) -> torch.Tensor:
     out = torch.empty(n, hidden)
     for b, group in zip(batches, groups):
@@ -235,6 +255,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--profile-batches", type=int, default=None,
+                        help="profile this many packs/batches of every variant and the baseline, top kernels into the "
+                             "JSON (default: 4 on CUDA, 0 elsewhere)")
     parser.add_argument("--smoke", action="store_true", help="tiny model and workload: checks the script only")
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / f"dnabert-{dt.date.today():%Y%m%d}.json")
@@ -244,6 +267,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     args.dtype = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    profile_batches = args.profile_batches if args.profile_batches is not None else (
+        4 if device.type == "cuda" and not args.smoke else 0)
     dtype = DTYPES[args.dtype]
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda asked for, but CUDA is not available")
@@ -312,6 +337,9 @@ def main() -> None:
                                       "warmup_seconds": round(warm, 2),
                                       "tokens_per_s": round(real_tokens / best), "sequences_per_s": round(count / best)}
             print(f"{name:6s} ours/{backend:18s} {real_tokens / best / 1e6:8.3f} M tokens/s  ({best:.3f} s)", flush=True)
+            if profile_batches:
+                entry.setdefault("profile", {})[backend] = kernel_profile(encoder.embed_packed,
+                                                                          packs[:profile_batches], device)
             if ours_out is None:
                 ours_out = collect(encoder.embed_packed, packs, pack_groups, count, encoder.hidden_size)
         del packs
@@ -327,6 +355,9 @@ def main() -> None:
                                  "tokens_per_s": round(real_tokens / best), "sequences_per_s": round(count / best)}
             print(f"{name:6s} padded SDPA baseline {real_tokens / best / 1e6:8.3f} M tokens/s  ({best:.3f} s)",
                   flush=True)
+            if profile_batches:
+                entry.setdefault("profile", {})["baseline"] = kernel_profile(baseline, batches[:profile_batches],
+                                                                             device)
             if ours_out is not None:
                 base_out = collect(baseline, batches, groups, count, reference_model.config.hidden_size)
                 entry["agreement_min_cosine"] = round(
