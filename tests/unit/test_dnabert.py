@@ -454,3 +454,23 @@ def test_flex_block_size_does_not_change_embeddings(tiny, encoder, tokenizer, se
         load_dnabert_encoder(tiny, backend="flex", flex_block_size=100)
     with pytest.raises(ModelError, match="compile scope 'everything'"):
         load_dnabert_encoder(tiny, compile="everything")
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_failed_whole_layer_compile_falls_back_to_the_compiled_mlp(tiny, encoder, tokenizer, sequences, caplog):
+    """If a machine's compiler cannot build the whole layer (FlexAttention inside), embedding goes on with the
+    compiled MLP, says so in the log and in `options` (which the GPU tests and the bench report), same numbers."""
+    def no_flex(gm, example_inputs):  # a compiler backend that cannot lower FlexAttention, fine with the rest
+        if any("flex_attention" in str(node.target) for node in gm.graph.nodes):
+            raise RuntimeError("this backend cannot lower FlexAttention")
+        return gm.forward
+
+    flex = load_dnabert_encoder(tiny, backend="flex", compile=False)
+    flex.compile("layer", backend=no_flex)
+    assert flex.options["compile"] == "layer"
+    batch = pack([tokenizer.encode(s) for s in sequences[:4]])
+    out = flex.embed_packed(*batch)
+    assert flex.options["compile"] == "mlp" and "cannot lower FlexAttention" in flex.options["compile_fallback"]
+    assert "whole-layer compile failed" in caplog.text
+    torch.testing.assert_close(out, encoder.embed_packed(*batch), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(flex.embed_packed(*batch), out)
