@@ -460,6 +460,12 @@ def compile_layers(model: DNABERT, scope: str = "layer", *, mode: str | None = N
     the matmuls and the flex kernel's tiles, at a longer first compile). backend/fullgraph: for the tests."""
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"compile scope {scope!r}; choose from {', '.join(COMPILE_SCOPES)}")
+    # nn.Module.compile wraps Module._call_impl: every compiled module of the process (both scopes, every dtype,
+    # the one-block-pack specialisation, ESM-2's compiled blocks) shares that code object's cache entries, and past
+    # Dynamo's default limit of 8 it would silently run eager (FlexAttention then materialises T x T scores).
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     for layer in model.layers:
         target = layer if scope == "layer" else layer.mlp
         target.compile(dynamic=True, mode=mode, backend=backend, fullgraph=fullgraph)
