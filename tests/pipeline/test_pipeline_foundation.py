@@ -69,10 +69,20 @@ def test_test_profile_end_to_end_then_resume_caches_every_task(nextflow, tmp_pat
     assert len(resumed) == len(rows)
     assert {r["status"] for r in resumed} == {"CACHED"}, resumed
 
-    # Work directories gone (as after a failed node, or a retry in a fresh work dir): the embedding tasks rerun,
-    # find their finished checkpoints outside the work dir and embed nothing again; results are identical.
+    # A successful shard removes its checkpoint (the task output holds the rows) ...
+    assert not any(checkpoints.rglob("*.bin"))
+    # ... unless asked to keep it. Then work directories gone (a retry lands in a fresh work dir, or a failed
+    # node's scratch is lost): the embedding tasks rerun, find the rows in the checkpoint directory outside the
+    # work dir, embed nothing again, and the results are identical.
+    keep = tmp_path / "keep.config"
+    keep.write_text("process { withName: 'EMBED_FRAMES' { ext.args = '--devices cpu --dtype fp32 "
+                    "--token-budget 2048 --workers 0 --checkpoint-every 16 --keep-checkpoint' } }\n")
+    kept = nextflow("-profile", "test", "-c", str(keep), "--checkpoint_dir", str(checkpoints), outdir="results_kept")
+    assert kept.returncode == 0, kept.output
+    assert any(checkpoints.rglob("*.bin"))
     shutil.rmtree(tmp_path / "work")
-    third = nextflow("-profile", "test", "--checkpoint_dir", str(checkpoints), outdir="results_again")
+    third = nextflow("-profile", "test", "-c", str(keep), "--checkpoint_dir", str(checkpoints),
+                     outdir="results_again")
     assert third.returncode == 0, third.output
     rerun = [json.loads(p.read_text()) for p in sorted((third.outdir / "embedding").glob("*.telemetry.json"))]
     assert sum(p["tokens"] for t in rerun for p in t["passes"]) == 0

@@ -37,8 +37,6 @@ process EMBED_FRAMES {
         --telemetry ${prefix}.shard-${shard}.telemetry.json \\
         --no-progress \\
         ${args}
-    # The finished shard lives in the checkpoint directory (outside this work dir); the task's output is a copy.
-    if [ ! -d ${prefix}.shard-${shard} ]; then cp -r ${checkpoint} ${prefix}.shard-${shard}; fi
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
