@@ -106,7 +106,7 @@ def test_embed_wrong_kind_is_one_line_error(models, proteins, tmp_path):
                            "esm2", "--model-dir", str(models / "dnabert"), "--input", str(fasta), "--output",
                            str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 4
-    assert proc.stderr.strip().count("\n") == 0 and "use --model-kind dnabert" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "it belongs to --model-kind dnabert / --dnabert-model" in proc.stderr
 
 
 def test_embed_empty_sequence_refused(models, tmp_path):

@@ -268,13 +268,13 @@ def test_wrong_model_kind(tmp_path, tiny):
 
     dnabert = tmp_path / "dnabert"
     save_tiny_dnabert(dnabert, seed=0)
-    with pytest.raises(ModelError, match=r"model_type is 'bert'.*use --model-kind dnabert"):
+    with pytest.raises(ModelError, match=r"model_type is 'bert'.*it belongs to --model-kind dnabert / --dnabert-model"):
         load_encoder("esm2", dnabert)
-    with pytest.raises(ModelError, match=r"model_type is 'bert'.*use --model-kind dnabert"):
+    with pytest.raises(ModelError, match=r"model_type is 'bert'.*it belongs to --model-kind dnabert / --dnabert-model"):
         load_tokenizer("esm2", dnabert)
-    with pytest.raises(ModelError, match=r"ESM-2 folder, not DNABERT-S.*use --model-kind esm2"):
+    with pytest.raises(ModelError, match=r"ESM-2 folder, not DNABERT-S.*it belongs to --model-kind esm2 / --esm-model"):
         load_encoder("dnabert", tiny[0])
-    with pytest.raises(ModelError, match=r"use --model-kind esm2"):
+    with pytest.raises(ModelError, match=r"it belongs to --model-kind esm2 / --esm-model"):
         load_tokenizer("dnabert", tiny[1])
     with pytest.raises(ModelError, match="does not exist"):
         load_encoder("esm2", tmp_path / "nowhere")

@@ -503,7 +503,7 @@ def find_checkpoint(path: str | Path) -> tuple[str, Path]:
         model_type = cfg.get("model_type")
         if model_type != "esm":
             arch = ",".join(cfg.get("architectures") or []) or "?"
-            hint = " (looks like DNABERT-S: use --model-kind dnabert)" if model_type == "bert" else ""
+            hint = " (looks like DNABERT-S: it belongs to --model-kind dnabert / --dnabert-model)" if model_type == "bert" else ""
             raise ModelError(f"{config}: model_type is {model_type!r} (architectures {arch}), not an ESM-2 model "
                              f"folder{hint}")
         return "hf", path

@@ -40,10 +40,10 @@ def _check_dir(kind: str, model_dir: str | Path) -> Path:
                 raise ModelError(f"{config}: not valid JSON ({err})") from None
             if model_type == "esm":
                 raise ModelError(f"{config}: model_type is 'esm', an ESM-2 folder, not DNABERT-S "
-                                 "(use --model-kind esm2)")
+                                 "(it belongs to --model-kind esm2 / --esm-model)")
         elif path.is_file() or any(path.glob("*.pt")):
             raise ModelError(f"{path}: a .pt checkpoint (fair-esm ESM-2?), not a DNABERT-S folder "
-                             "(use --model-kind esm2)")
+                             "(it belongs to --model-kind esm2 / --esm-model)")
     return path
 
 
