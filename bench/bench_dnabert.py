@@ -335,7 +335,9 @@ def main() -> None:
             best, runs, warm = timed(encoder.embed_packed, packs, device, args.repeats)
             entry["ours"][backend] = {"seconds": round(best, 4), "runs": [round(r, 4) for r in runs],
                                       "warmup_seconds": round(warm, 2),
-                                      "tokens_per_s": round(real_tokens / best), "sequences_per_s": round(count / best)}
+                                      "tokens_per_s": round(real_tokens / best), "sequences_per_s": round(count / best),
+                                      # after the run: a failed whole-layer compile shows up as compile_fallback
+                                      "options": dict(encoder.options)}
             print(f"{name:6s} ours/{backend:18s} {real_tokens / best / 1e6:8.3f} M tokens/s  ({best:.3f} s)", flush=True)
             if profile_batches:
                 entry.setdefault("profile", {})[backend] = kernel_profile(encoder.embed_packed,
