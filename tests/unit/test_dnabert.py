@@ -433,13 +433,18 @@ def test_whole_layer_compiles_into_one_graph_with_flex_and_matches_sdpa(tiny, en
     """compile="layer" (the CUDA default) traces each layer, FlexAttention included, as one graph: fullgraph=True
     fails on any graph break. aot_eager runs the traced graph without Inductor, so this checks the tracing and the
     graph's numbers on CPU; the GPU test checks Inductor's kernels. Packs of 1, several and many flex blocks, never a
-    whole number of blocks (the stream is padded with a document of its own)."""
+    whole number of blocks (the stream is padded with a document of its own), all through one compiled graph."""
+    from torch._dynamo.utils import counters
+
     flex = load_dnabert_encoder(tiny, backend="flex", compile=False, flex_block_size=block)
     compile_layers(flex.model, "layer", backend="aot_eager", fullgraph=True)
-    for group in (sequences, sequences[:3], sequences[:1]):
+    graphs = counters["stats"]["unique_graphs"]
+    for group in (sequences, sequences[:3], sequences[:1], [sequences[0]] * 9):
         batch = pack([tokenizer.encode(s) for s in group])
         assert batch[0].numel() % 128
         torch.testing.assert_close(flex.embed_packed(*batch), encoder.embed_packed(*batch), rtol=1e-4, atol=1e-5)
+    # One graph for every pack size, a single 20-nt sequence included: no recompile per pack.
+    assert counters["stats"]["unique_graphs"] - graphs == 1
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

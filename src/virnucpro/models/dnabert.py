@@ -210,10 +210,12 @@ class DNABERT(nn.Module):
             # own (document_block_mask gives every token past cu_seqlens[-1] the id `batch`), so it never attends
             # to or from a real token, and it is cut off before pooling. Whole blocks let the kernel skip its
             # bounds checks (IS_DIVISIBLE) and, with at least 128 tokens, keep every pack off flex's short-query
-            # ("decoding") kernel: one compiled graph for all packs. Multiples of 128 are whole blocks of any size
+            # ("decoding") kernel: one compiled graph for all packs (checked by the unit tests). Multiples of 128 are whole blocks of any size
             # up to 128. The mask is built once per pack, on the device without a host sync, shared by all layers.
+            # At least two 128-token units: a pack of one block would make Dynamo specialise the block count to 1
+            # (a second compiled graph just for single short sequences).
             unit = max(self.flex_block_size, 128)
-            padded = -(-total // unit) * unit
+            padded = max(-(-total // unit), 2) * unit
             if padded != total:
                 input_ids = F.pad(input_ids, (0, padded - total))
             block_mask, _ = document_block_mask(cu_seqlens, padded, self.flex_block_size)
