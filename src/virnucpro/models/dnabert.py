@@ -129,9 +129,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                 slopes: torch.Tensor, block_mask=None) -> torch.Tensor:
-        # Wqkv's output is laid out (3, heads, head_dim), the published 'b s (t h d)' order. q, k, v stay strided
-        # views of it: FlexAttention reads them in place and writes its output in q's stride order, i.e. already
-        # [T, heads, head_dim]-contiguous, so the reshape below is a view, not a copy.
+        # Wqkv's output is laid out (3, heads, head_dim), the published 'b s (t h d)' order. FlexAttention reads
+        # q, k, v through their strides and writes its output in q's stride order, i.e. [T, heads, head_dim]
+        # contiguous, so the reshape below is a view, not a copy.
         if torch.compiler.is_compiling():
             # The same projection as three matmuls on row blocks of Wqkv (views, no copy; the same FLOPs): in a
             # compiled layer Inductor then hands FlexAttention three buffers rather than three views of one (its
@@ -206,14 +206,12 @@ class DNABERT(nn.Module):
         total = input_ids.shape[0]
         block_mask = None
         if self.backend == "flex":
-            # The token stream is padded up to a whole number of flex blocks: the padding is a document of its
-            # own (document_block_mask gives every token past cu_seqlens[-1] the id `batch`), so it never attends
-            # to or from a real token, and it is cut off before pooling. Whole blocks let the kernel skip its
-            # bounds checks (IS_DIVISIBLE) and, with at least 128 tokens, keep every pack off flex's short-query
-            # ("decoding") kernel: one compiled graph for all packs (checked by the unit tests). Multiples of 128 are whole blocks of any size
-            # up to 128. The mask is built once per pack, on the device without a host sync, shared by all layers.
-            # At least two 128-token units: a pack of one block would make Dynamo specialise the block count to 1
-            # (a second compiled graph just for single short sequences).
+            # The token stream is padded to a multiple of 128 tokens (whole blocks of any size up to 128), at least
+            # 256: the padding is a document of its own (document_block_mask gives every token past cu_seqlens[-1]
+            # the id `batch`), so it never attends to or from a real token, and it is cut off before pooling. With
+            # >= 128 query tokens flex never switches to its short-query ("decoding") kernel, and with >= 2 blocks
+            # Dynamo does not specialise a one-block pack: one compiled graph serves every pack (a unit test counts).
+            # The mask is built once per pack, on the device without a host sync, and shared by all layers.
             unit = max(self.flex_block_size, 128)
             padded = max(-(-total // unit), 2) * unit
             if padded != total:
