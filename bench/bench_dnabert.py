@@ -248,7 +248,8 @@ def main() -> None:
                         help="torch.compile mode for the compiled variants (default: torch's default; "
                              "e.g. max-autotune-no-cudagraphs)")
     parser.add_argument("--flex-blocks", default=None,
-                        help="comma list of extra FlexAttention block sizes timed with flex+layer (default: 64 on CUDA)")
+                        help="comma list of extra FlexAttention block sizes timed with flex+layer "
+                             "(default: 64 on CUDA)")
     parser.add_argument("--reads", type=int, default=50_000, help="number of 150-nt reads (~2M tokens)")
     parser.add_argument("--wide", type=int, default=5_000, help="number of 100..3000-nt sequences (~2M tokens)")
     parser.add_argument("--budget", type=int, default=65_536, help="tokens per pack / padded tokens per batch")
