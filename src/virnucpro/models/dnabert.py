@@ -471,6 +471,10 @@ def compile_layers(model: DNABERT, scope: str = "layer", *, mode: str | None = N
         target.compile(dynamic=True, mode=mode, backend=backend, fullgraph=fullgraph)
 
 
+# FlexAttention block size for DNABERT-S packs: the H200 bench above prefers 64 on reads and on wide lengths.
+DNABERT_FLEX_BLOCK = 64
+
+
 def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cpu",
                          dtype: torch.dtype = torch.float32, backend: str = "auto",
                          compile: bool | str | None = None, compile_mode: str | None = None,
@@ -480,9 +484,10 @@ def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cp
     None (default) = "layer" on CUDA unless VIRNUCPRO_NO_COMPILE=1, as the ESM-2 model does; never on CPU, where
     compiling costs more than it saves. `encoder.options` records what was applied.
     compile_mode: torch.compile mode (default VIRNUCPRO_COMPILE_MODE, else torch's default).
-    flex_block_size: FlexAttention block (default VIRNUCPRO_FLEX_BLOCK, else 128): 64 halves the attention work
+    flex_block_size: FlexAttention block (default VIRNUCPRO_FLEX_BLOCK, else 64): 64 halves the attention work
     wasted on 150-nt reads (~37 tokens, so a 128 block pairs each query with ~256 keys) at smaller kernel tiles.
-    bench/bench_dnabert.py measures the choices."""
+    Measured on an H200 (bench/results/dnabert-h200-2026-11-30.json, whole-layer compile, fp16): 64 gives 1.74M
+    tokens/s on 150-nt reads and 1.53M on 100..3000 nt, against 1.46M and 1.22M with 128."""
     model_dir = Path(model_dir)
     config = DNABERTConfig.from_json(model_dir / "config.json")
     path = weights_file(model_dir)
@@ -492,7 +497,7 @@ def load_dnabert_encoder(model_dir: str | Path, device: str | torch.device = "cp
         backend = resolve_backend(backend, device=device, dtype=dtype, alibi=True)
     except ValueError as exc:
         raise ModelError(str(exc)) from None
-    flex_block_size = int(flex_block_size or os.environ.get("VIRNUCPRO_FLEX_BLOCK") or FLEX_BLOCK_SIZE)
+    flex_block_size = int(flex_block_size or os.environ.get("VIRNUCPRO_FLEX_BLOCK") or DNABERT_FLEX_BLOCK)
     if flex_block_size < 16 or flex_block_size & (flex_block_size - 1):
         raise ModelError(f"flex block size {flex_block_size}: must be a power of two >= 16")
     with torch.device("meta"):
