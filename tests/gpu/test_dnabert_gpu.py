@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from virnucpro.models import attention
 from virnucpro.models.dnabert import load_dnabert_encoder, load_dnabert_tokenizer, save_tiny_dnabert
+from virnucpro.models.packing import pack_token_ids
 
 pytestmark = pytest.mark.gpu
 
@@ -49,10 +50,8 @@ def random_dna(length: int, g: torch.Generator) -> str:
 
 
 def pack(token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    lengths = torch.tensor([len(t) for t in token_lists])
-    cu = torch.zeros(len(token_lists) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
-    return torch.tensor([i for t in token_lists for i in t]), cu, int(lengths.max())
+    packed = pack_token_ids(token_lists)
+    return packed.input_ids, packed.cu_seqlens, packed.max_seqlen
 
 
 def packs_by_budget(token_lists: list[list[int]], budget: int) -> list[list[int]]:

@@ -23,6 +23,7 @@ from virnucpro.models import attention
 from virnucpro.models.dnabert import (DNABERTConfig, compile_layers, load_dnabert_encoder, load_dnabert_tokenizer,
                                       save_tiny_dnabert)
 from virnucpro.models.encoder import PackedEncoder, SequenceTokenizer
+from virnucpro.models.packing import pack_token_ids
 
 # 20..3000 nt, odd sizes included (the frame slices are 3p+1 nt).
 LENGTHS = (20, 37, 150, 301, 499, 1000, 1501, 3000)
@@ -34,10 +35,8 @@ def random_dna(length: int, seed: int) -> str:
 
 
 def pack(token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    lengths = torch.tensor([len(t) for t in token_lists])
-    cu = torch.zeros(len(token_lists) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
-    return torch.tensor([i for t in token_lists for i in t]), cu, int(lengths.max())
+    packed = pack_token_ids(token_lists)
+    return packed.input_ids, packed.cu_seqlens, packed.max_seqlen
 
 
 @pytest.fixture(scope="module")
