@@ -25,20 +25,24 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"esm2": Path(esm), "dnabert": Path(dnabert)}
 
 
-@pytest.fixture(scope="session")
-def frames_table(tmp_path_factory) -> Path:
+def write_frames(root: Path, *, records: int, lengths: list[int], seed: int, prefix: str) -> Path:
+    """Random GC-rich reads (fewer stop codons, more kept frames per chunk) through the real `prepare`."""
     from virnucpro.preprocess.prepare import prepare
 
-    root = tmp_path_factory.mktemp("engine-frames")
-    rng = random.Random(7)
+    rng = random.Random(seed)
     with open(root / "reads.fa", "w") as handle:
-        for i in range(18):
-            length = rng.choice([60, 150, 150, 300, 450, 700])
-            # GC-rich: fewer stop codons, more kept frames per chunk.
-            handle.write(f">r{i}\n{''.join(rng.choice('ACGTGGCC') for _ in range(length))}\n")
+        for i in range(records):
+            length = rng.choice(lengths)
+            handle.write(f">{prefix}{i}\n{''.join(rng.choice('ACGTGGCC') for _ in range(length))}\n")
     out = root / "frames.parquet"
     prepare(root / "reads.fa", out, chunk_length=300)
     return out
+
+
+@pytest.fixture(scope="session")
+def frames_table(tmp_path_factory) -> Path:
+    return write_frames(tmp_path_factory.mktemp("engine-frames"), records=18, lengths=[60, 150, 150, 300, 450, 700],
+                        seed=7, prefix="r")
 
 
 def embed(tmp_path: Path, frames: Path, models: dict[str, Path], **options) -> Path:

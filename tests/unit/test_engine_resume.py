@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from tests.unit.engine_data import BUDGET, EVERY, embed, frames_table, read_all  # noqa: F401 (fixtures)
-from tests.unit.engine_data import reference, tiny_models  # noqa: F401
+from tests.unit.engine_data import reference, tiny_models, write_frames  # noqa: F401
 from virnucpro.engine.checkpoint import scan_parts
 from virnucpro.errors import CheckpointError
 
@@ -48,16 +48,8 @@ def _done_rows(ckpt: Path) -> int:
 @pytest.fixture(scope="module")
 def kill_frames(tmp_path_factory) -> Path:
     """A larger table than the shared one: embedding, not start-up, must dominate a run for kills to land in it."""
-    from virnucpro.preprocess.prepare import prepare
-
-    root = tmp_path_factory.mktemp("kill-frames")
-    rng = random.Random(11)
-    with open(root / "reads.fa", "w") as handle:
-        for i in range(40):
-            length = rng.choice([150, 300, 450, 700])
-            handle.write(f">k{i}\n{''.join(rng.choice('ACGTGGCC') for _ in range(length))}\n")
-    prepare(root / "reads.fa", root / "frames.parquet", chunk_length=300)
-    return root / "frames.parquet"
+    return write_frames(tmp_path_factory.mktemp("kill-frames"), records=40, lengths=[150, 300, 450, 700], seed=11,
+                        prefix="k")
 
 
 class _Watched:
